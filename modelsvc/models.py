@@ -1,0 +1,56 @@
+"""The model registry and the accounting of every call made to a model."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class ServedModel(models.Model):
+    """A served model or LoRA adapter, addressed by the `model` value sent to the server."""
+
+    class Capability(models.TextChoices):
+        LITERATURE = "literature", "Literature questions (retrieval)"
+        KNOWLEDGE = "knowledge", "Knowledge / exam questions"
+        REASONING = "reasoning", "Multi-step reasoning (deep consult)"
+        JUDGE = "judge", "Claim-support judge"
+
+    class Status(models.TextChoices):
+        CANDIDATE = "candidate", "Candidate"
+        SERVING = "serving", "Serving"
+        RETIRED = "retired", "Retired"
+
+    name = models.CharField(max_length=100, unique=True)
+    base_model = models.CharField(max_length=200)
+    served_name = models.CharField(max_length=200, help_text="The `model` value sent in requests.")
+    adapter_path = models.CharField(max_length=400, blank=True,
+                                    help_text="LoRA adapter path (vLLM --lora-modules name=path).")
+    capability = models.CharField(max_length=16, choices=Capability.choices)
+    cost_per_1k_prompt = models.DecimalField(max_digits=10, decimal_places=6, default=0)
+    cost_per_1k_completion = models.DecimalField(max_digits=10, decimal_places=6, default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.CANDIDATE,
+                              db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.capability}, {self.status})"
+
+
+class ModelCall(models.Model):
+    """One request to a model server: who asked, what it cost, how long it took."""
+
+    served_model = models.ForeignKey(ServedModel, null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="calls")
+    model_name = models.CharField(max_length=200)
+    adapter = models.CharField(max_length=200, blank=True)
+    purpose = models.CharField(max_length=32, db_index=True)
+    consultation = models.ForeignKey("clinic.Consultation", null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="model_calls")
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    total_ms = models.PositiveIntegerField(default=0)
+    succeeded = models.BooleanField(default=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
