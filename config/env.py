@@ -14,6 +14,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 READ_FROM_ENV: dict[str, str] = {}
+SUPPORTED_DATABASE_ENGINES = {"django.db.backends.sqlite3", "django.db.backends.postgresql"}
 
 _env = environ.Env()
 
@@ -91,6 +92,8 @@ def env_list(name: str, default: list[str], *, help: str = "") -> list[str]:
     raw = _raw(name)
     if raw is None or raw == "":
         return list(default)
+    if raw.strip().lower() == "none":
+        return []
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
@@ -112,8 +115,8 @@ def env_database(name: str, default: str, *, help: str = "") -> dict[str, Any]:
     except Exception as error:  # django-environ raises several types for a bad URL
         raise _fail(name, raw, "a database URL such as sqlite:///path/db.sqlite3 or "
                     "postgres://user:password@host:5432/name") from error
-    if not config.get("ENGINE"):
-        raise _fail(name, raw, "a database URL with a known scheme (sqlite, postgres)")
+    if config.get("ENGINE") not in SUPPORTED_DATABASE_ENGINES:
+        raise _fail(name, raw, "a database URL with a supported scheme (sqlite:// or postgres://)")
     return config
 
 

@@ -233,12 +233,12 @@ INDEX_DIR = Path(env_str("INDEX_DIR", str(VAR_DIR / "index"),
 LITERATURE_DATA_DIR = Path(env_str("LITERATURE_DATA_DIR", str(BASE_DIR.parent / "shared" / "data"),
                                    help="Folder with pubmed/, pubmedqa/ and exam/ reference data."))
 DEMO_CORPUS = env_list("DEMO_CORPUS", ["pubmedqa/pqal_dev.json"],
-                       help="Files under LITERATURE_DATA_DIR indexed first on ./run.")
+                       help="Files under LITERATURE_DATA_DIR indexed first on ./run (`none` to skip).")
 BACKGROUND_CORPUS = env_list(
     "BACKGROUND_CORPUS",
     ["pubmed/pubmed21n1298.xml.gz", "pubmed/pubmed20n0014.xml.gz"],
     help="Files under LITERATURE_DATA_DIR indexed in the background after start-up "
-    "(empty to skip).",
+    "(`none` to skip).",
 )
 
 # --- Clinic -----------------------------------------------------------------------------
@@ -246,6 +246,12 @@ QUESTION_MAX_CHARS = env_int("QUESTION_MAX_CHARS", 4000, minimum=50,
                              help="Longest question accepted, in characters.")
 RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 12, minimum=1,
                                 help="Questions one account may ask per minute.")
+
+WEB_HOST = env_str("WEB_HOST", "127.0.0.1", help="Address the run command's web server binds to.")
+WEB_PORT = env_int("WEB_PORT", 8000, minimum=1, maximum=65535,
+                   help="Port the run command's web server listens on.")
+WEB_WORKERS = env_int("WEB_WORKERS", 1, minimum=1, maximum=64,
+                      help="uvicorn worker processes started by the run command.")
 
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="Log level of the app's loggers.")
