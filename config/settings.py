@@ -244,6 +244,15 @@ BACKGROUND_CORPUS = env_list(
 # --- Clinic -----------------------------------------------------------------------------
 QUESTION_MAX_CHARS = env_int("QUESTION_MAX_CHARS", 4000, minimum=50,
                              help="Longest question accepted, in characters.")
+DEEP_CONSULT_TOKEN_BUDGET = env_int("DEEP_CONSULT_TOKEN_BUDGET", 6000, minimum=256,
+                                    help="Most model tokens (prompt + completion) one deep "
+                                    "consult may spend.")
+DEEP_CONSULT_MAX_ATTEMPTS = env_int("DEEP_CONSULT_MAX_ATTEMPTS", 3, minimum=1, maximum=20,
+                                    help="Attempts before a crashing deep consult is marked "
+                                    "failed.")
+DEEP_CONSULT_TIME_LIMIT = env_int("DEEP_CONSULT_TIME_LIMIT", 900, minimum=30,
+                                  help="Hard time limit of one deep consult job, in seconds "
+                                  "(the soft limit is 30 s earlier).")
 RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 12, minimum=1,
                                 help="Questions one account may ask per minute.")
 
@@ -281,6 +290,10 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Clinical evidence assistant API",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "clinic.api.add_stream_to_schema",
+    ],
 }
 
 # Slow hashing is pointless in tests; the test settings switch it off.

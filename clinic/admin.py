@@ -1,0 +1,45 @@
+from django.contrib import admin
+
+from clinic.models import Claim, Consultation, DeepConsultStep, Feedback, RetrievedPassage
+
+
+class PassageInline(admin.TabularInline):
+    model = RetrievedPassage
+    extra = 0
+    fields = ["rank", "pmid", "title", "score", "retracted", "sub_question"]
+    readonly_fields = fields
+    can_delete = False
+
+
+class ClaimInline(admin.TabularInline):
+    model = Claim
+    extra = 0
+    fields = ["position", "text", "citations", "support_score", "supported"]
+    readonly_fields = fields
+    can_delete = False
+
+
+class StepInline(admin.TabularInline):
+    model = DeepConsultStep
+    extra = 0
+    fields = ["position", "kind", "status", "tokens", "started_at", "finished_at"]
+    readonly_fields = fields
+    can_delete = False
+
+
+@admin.register(Consultation)
+class ConsultationAdmin(admin.ModelAdmin):
+    list_display = ["id", "user", "mode", "status", "routed_capability", "abstained",
+                    "support_rate", "cost", "created_at"]
+    list_filter = ["mode", "status", "routed_capability", "abstained"]
+    search_fields = ["question"]
+    list_select_related = ["user"]
+    readonly_fields = [field.name for field in Consultation._meta.fields]
+    inlines = [PassageInline, ClaimInline, StepInline]
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    list_display = ["id", "consultation", "user", "helpful", "created_at"]
+    list_filter = ["helpful"]
+    list_select_related = ["user", "consultation"]

@@ -1,0 +1,154 @@
+"""JSON API for integrators (token authentication), with the same permissions as the pages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from clinic.models import Consultation
+from clinic.selectors import consultation_for_user, consultation_history, consultation_snapshot
+from clinic.services import QuestionRejected, RateLimited, consultation_create
+
+
+class ConsultationCreateSerializer(serializers.Serializer):
+    question = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    patient_note = serializers.CharField(required=False, allow_blank=True, default="")
+    mode = serializers.ChoiceField(choices=Consultation.Mode.values, default="quick")
+
+
+class ConsultationSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Consultation
+        fields = ["id", "question", "mode", "status", "created_at", "completed_at", "abstained"]
+
+
+ERROR_SCHEMA = inline_serializer("Error", {"error": serializers.CharField()})
+SNAPSHOT_SCHEMA = inline_serializer("Consultation", {
+    "id": serializers.IntegerField(), "mode": serializers.CharField(),
+    "status": serializers.CharField(), "finished": serializers.BooleanField(),
+    "answer_text": serializers.CharField(), "abstained": serializers.BooleanField(),
+    "error_message": serializers.CharField(), "support_rate": serializers.FloatField(),
+    "passages": serializers.ListField(child=serializers.DictField()),
+    "claims": serializers.ListField(child=serializers.DictField()),
+    "steps": serializers.ListField(child=serializers.DictField()),
+    "routing": serializers.DictField(), "cost": serializers.FloatField(),
+    "prompt_tokens": serializers.IntegerField(), "completion_tokens": serializers.IntegerField(),
+})
+
+
+def _with_links(request: Request, snapshot: dict[str, Any]) -> dict[str, Any]:
+    base = f"/api/v1/consultations/{snapshot['id']}"
+    return {**snapshot, "links": {"self": request.build_absolute_uri(base),
+                                  "stream": request.build_absolute_uri(base + "/stream"),
+                                  "page": request.build_absolute_uri(
+                                      f"/consultations/{snapshot['id']}/")}}
+
+
+class ConsultationListCreate(APIView):
+    @extend_schema(responses=ConsultationSummarySerializer(many=True))
+    def get(self, request: Request) -> Response:
+        from rest_framework.pagination import PageNumberPagination
+
+        paginator = PageNumberPagination()
+        queryset = consultation_history(user=request.user,  # type: ignore[arg-type]
+                                        search=request.query_params.get("q", "")[:200])
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(ConsultationSummarySerializer(page, many=True).data)
+
+    @extend_schema(request=ConsultationCreateSerializer,
+                   responses={201: SNAPSHOT_SCHEMA, 400: ERROR_SCHEMA, 429: ERROR_SCHEMA})
+    def post(self, request: Request) -> Response:
+        serializer = ConsultationCreateSerializer(data=request.data)
+        if not serializer.is_valid():
+            first_field, errors = next(iter(serializer.errors.items()))
+            return Response({"error": f"{first_field}: {errors[0]}", "fields": serializer.errors},
+                            status=status.HTTP_400_BAD_REQUEST)
+        try:
+            consultation = consultation_create(user=request.user,  # type: ignore[arg-type]
+                                               **serializer.validated_data)
+        except QuestionRejected as error:
+            return Response({"error": error.message}, status=status.HTTP_400_BAD_REQUEST)
+        except RateLimited as error:
+            return Response({"error": error.message}, status=status.HTTP_429_TOO_MANY_REQUESTS,
+                            headers={"Retry-After": str(error.retry_after)})
+        return Response(_with_links(request, consultation_snapshot(consultation.pk)),
+                        status=status.HTTP_201_CREATED)
+
+
+class ConsultationDetail(APIView):
+    @extend_schema(responses={200: SNAPSHOT_SCHEMA, 404: ERROR_SCHEMA})
+    def get(self, request: Request, consultation_id: int) -> Response:
+        consultation = consultation_for_user(consultation_id=consultation_id,
+                                             user=request.user)  # type: ignore[arg-type]
+        return Response(_with_links(request, consultation_snapshot(consultation.pk)))
+
+
+def _authenticate(request: HttpRequest) -> Any:
+    result = TokenAuthentication().authenticate(request)  # type: ignore[arg-type]
+    if result is None:
+        return request.user if request.user.is_authenticated else None
+    return result[0]
+
+
+async def consultation_stream(request: HttpRequest, consultation_id: int) -> HttpResponseBase:
+    """Server-sent events for integrators: `Authorization: Token <key>`; same events as the page."""
+    from clinic.quick import consultation_events
+
+    try:
+        user = await sync_to_async(_authenticate)(request)
+    except AuthenticationFailed as error:
+        return JsonResponse({"error": str(error.detail)}, status=401)
+    if user is None:
+        return JsonResponse({"error": "Authentication credentials were not provided; send "
+                             "`Authorization: Token <key>`."}, status=401)
+    from django.http import Http404
+
+    try:
+        consultation = await sync_to_async(consultation_for_user)(
+            consultation_id=consultation_id, user=user)
+    except Http404:
+        return JsonResponse({"error": "No such consultation."}, status=404)
+
+    async def events() -> AsyncIterator[str]:
+        if consultation.mode == Consultation.Mode.QUICK and consultation.user_id == user.pk:
+            async for event in consultation_events(consultation.pk):
+                yield f"event: {event['event']}\ndata: {json.dumps(event['data'])}\n\n"
+        else:
+            snapshot = await sync_to_async(consultation_snapshot)(consultation.pk)
+            yield f"event: snapshot\ndata: {json.dumps(snapshot)}\n\n"
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+def add_stream_to_schema(result: dict[str, Any], generator: Any, request: Any,
+                         public: bool) -> dict[str, Any]:
+    """drf-spectacular hook: the SSE endpoint is a plain async view, so describe it here."""
+    result.setdefault("paths", {})["/api/v1/consultations/{consultation_id}/stream"] = {
+        "get": {
+            "operationId": "consultations_stream",
+            "summary": "Stream a consultation as server-sent events",
+            "description": "Events: snapshot, stage, passages, first_token, token, final. "
+                           "Starts generation of a pending quick answer.",
+            "parameters": [{"name": "consultation_id", "in": "path", "required": True,
+                            "schema": {"type": "integer"}}],
+            "security": [{"tokenAuth": []}],
+            "responses": {"200": {"description": "text/event-stream",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          "401": {"description": "No or bad token"},
+                          "404": {"description": "No such consultation (or not yours)"}},
+        }
+    }
+    return result

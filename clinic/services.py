@@ -1,0 +1,148 @@
+"""Writes: every question, answer, feedback and decision is a row before success is shown."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from clinic.models import Consultation, Feedback
+
+logger = logging.getLogger(__name__)
+
+
+class QuestionRejected(ValueError):
+    """The question cannot be asked as typed; the message says what to change."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RateLimited(Exception):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+def clean_question(text: str, *, field: str = "question", required: bool = True) -> str:
+    """Normalise a question; refuse empty, oversized or binary input with a clear reason."""
+    if "\x00" in text:
+        raise QuestionRejected(f"The {field} contains binary data (a NUL byte); paste plain "
+                               "text instead.")
+    cleaned = unicodedata.normalize("NFC", text).strip()
+    control = sum(1 for char in cleaned
+                  if unicodedata.category(char) in {"Cc", "Cs", "Co"} and char not in "\n\r\t")
+    if control and control / max(len(cleaned), 1) > 0.01:
+        raise QuestionRejected(f"The {field} contains {control} control or binary characters; "
+                               "paste plain text instead.")
+    if required and not cleaned:
+        raise QuestionRejected(f"The {field} is empty; type a clinical question.")
+    limit = settings.QUESTION_MAX_CHARS
+    if len(cleaned) > limit:
+        raise QuestionRejected(f"The {field} is {len(cleaned):,} characters long; the limit is "
+                               f"{limit:,}. Shorten it to the clinical question and the "
+                               "essential context.")
+    return cleaned
+
+
+def check_rate_limit(user: User) -> None:
+    """Counted in the database, so the limit holds across web workers and through a Redis outage."""
+    window_start = timezone.now() - timedelta(minutes=1)
+    recent = Consultation.objects.filter(user=user, created_at__gte=window_start).count()
+    if recent >= settings.RATE_LIMIT_PER_MINUTE:
+        raise RateLimited(
+            f"You have asked {recent} questions in the last minute, the most allowed is "
+            f"{settings.RATE_LIMIT_PER_MINUTE}. Wait a minute and try again; your question is "
+            "still in the box.", retry_after=60)
+
+
+def consultation_create(*, user: User, question: str, patient_note: str = "",
+                        mode: str = Consultation.Mode.QUICK) -> Consultation:
+    question = clean_question(question)
+    patient_note = clean_question(patient_note, field="patient note", required=False)
+    if mode not in Consultation.Mode.values:
+        raise QuestionRejected(f"Unknown mode {mode!r}; choose quick or deep.")
+    check_rate_limit(user)
+    consultation = Consultation.objects.create(
+        user=user, question=question, patient_note=patient_note, mode=mode,
+        token_budget=settings.DEEP_CONSULT_TOKEN_BUDGET if mode == Consultation.Mode.DEEP else 0,
+    )
+    logger.info("consultation %s created (mode %s, %d chars)", consultation.pk, mode,
+                len(question))
+    if mode == Consultation.Mode.DEEP:
+        deep_consult_enqueue(consultation)
+    return consultation
+
+
+class QueueUnavailable(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def deep_consult_enqueue(consultation: Consultation) -> None:
+    """Queue the job after the row is committed; a broker outage marks it failed, keeping it."""
+    from clinic.tasks import run_deep_consult
+
+    def send() -> None:
+        try:
+            run_deep_consult.apply_async(args=[consultation.pk], retry=False)
+        except Exception as error:  # kombu/redis raise many types; the person needs one sentence
+            logger.warning("could not queue deep consult %s: %s", consultation.pk, error)
+            Consultation.objects.filter(pk=consultation.pk).update(
+                status=Consultation.Status.FAILED,
+                error_message="The job queue (Redis) is not reachable, so the deep consult "
+                "could not start. Your question is saved; press Retry when it is back, or ask "
+                "for a quick answer.",
+                updated_at=timezone.now())
+
+    transaction.on_commit(send)
+
+
+def consultation_retry(*, consultation: Consultation) -> Consultation:
+    """Put a failed or cancelled consultation back to pending; the page or queue picks it up."""
+    with transaction.atomic():
+        updated = Consultation.objects.filter(
+            pk=consultation.pk,
+            status__in=[Consultation.Status.FAILED, Consultation.Status.CANCELLED],
+        ).update(status=Consultation.Status.PENDING, error_message="", cancel_requested=False,
+                 attempts=0, claimed_by="", claimed_at=None, updated_at=timezone.now())
+        consultation.refresh_from_db()
+        if updated and consultation.mode == Consultation.Mode.DEEP:
+            deep_consult_enqueue(consultation)
+    return consultation
+
+
+def consultation_cancel(*, consultation: Consultation) -> Consultation:
+    with transaction.atomic():
+        Consultation.objects.filter(pk=consultation.pk, status=Consultation.Status.PENDING).update(
+            status=Consultation.Status.CANCELLED, cancel_requested=True,
+            completed_at=timezone.now(), updated_at=timezone.now())
+        Consultation.objects.filter(pk=consultation.pk, status=Consultation.Status.RUNNING).update(
+            cancel_requested=True, updated_at=timezone.now())
+    consultation.refresh_from_db()
+    return consultation
+
+
+FEEDBACK_PROBLEMS = set(Feedback.Problem.values)
+
+
+def feedback_create(*, consultation: Consultation, user: User, helpful: bool, comment: str = "",
+                    problems: list[str] | None = None, correction: str = "") -> Feedback:
+    problems = sorted(set(problems or []))
+    unknown = [problem for problem in problems if problem not in FEEDBACK_PROBLEMS]
+    if unknown:
+        raise QuestionRejected(f"Unknown problem(s) {', '.join(unknown)}; choose from "
+                               f"{', '.join(sorted(FEEDBACK_PROBLEMS))}.")
+    comment = clean_question(comment, field="comment", required=False)
+    correction = clean_question(correction, field="correction", required=False)
+    feedback = Feedback.objects.create(consultation=consultation, user=user, helpful=helpful,
+                                       comment=comment, problems=problems, correction=correction)
+    return feedback

@@ -1,0 +1,83 @@
+"""The integrators' API: token auth, same permissions as the pages, an OpenAPI schema."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from tests.web.streams import read_stream
+
+from clinic.models import Consultation
+
+pytestmark = pytest.mark.django_db
+
+
+def _token_client(user: User) -> Client:
+    token = Token.objects.create(user=user)
+    return Client(HTTP_AUTHORIZATION=f"Token {token.key}")
+
+
+def test_it_creates_a_consultation_with_a_token(clinician: User) -> None:
+    response = _token_client(clinician).post(
+        "/api/v1/consultations", {"question": "Does vitamin D prevent fractures?"},
+        content_type="application/json")
+    assert response.status_code == 201
+    body = response.json()
+    consultation = Consultation.objects.get(pk=body["id"])
+    assert consultation.user == clinician
+    assert consultation.question == "Does vitamin D prevent fractures?"
+    assert body["status"] == "pending"
+    assert body["links"]["stream"].endswith(f"/api/v1/consultations/{consultation.pk}/stream")
+
+
+def test_it_rejects_an_empty_question_with_a_clear_error(clinician: User) -> None:
+    response = _token_client(clinician).post("/api/v1/consultations", {"question": "   "},
+                                             content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "The question is empty; type a clinical question."
+    assert Consultation.objects.count() == 0
+
+
+def test_it_rejects_requests_without_a_token(db: None) -> None:
+    response = Client().post("/api/v1/consultations", {"question": "x"},
+                             content_type="application/json")
+    assert response.status_code == 401
+    assert Client().get("/api/v1/consultations/1/stream").status_code == 401
+
+
+def test_it_lists_only_the_callers_consultations(clinician: User, other_clinician: User) -> None:
+    Consultation.objects.create(user=clinician, question="mine")
+    Consultation.objects.create(user=other_clinician, question="theirs")
+    body = _token_client(clinician).get("/api/v1/consultations").json()
+    assert [item["question"] for item in body["results"]] == ["mine"]
+
+
+@pytest.mark.parametrize("suffix", ["", "/stream"])
+def test_another_clinicians_consultation_is_a_404(clinician: User, other_clinician: User,
+                                                  suffix: str) -> None:
+    consultation = Consultation.objects.create(user=clinician, question="mine")
+    response = _token_client(other_clinician).get(f"/api/v1/consultations/{consultation.pk}{suffix}")
+    assert response.status_code == 404
+
+
+def test_the_stream_of_a_finished_answer_replays_its_final_state(clinician: User) -> None:
+    consultation = Consultation.objects.create(user=clinician, question="q", status="complete",
+                                               answer_text="Done [1].")
+    response = _token_client(clinician).get(f"/api/v1/consultations/{consultation.pk}/stream")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    body = read_stream(response)
+    assert body.startswith("event: snapshot\n")
+    assert "event: final\n" in body
+    assert "Done [1]." in body
+
+
+def test_the_openapi_schema_describes_all_three_endpoints(clinician: User) -> None:
+    client = Client()
+    client.force_login(clinician)
+    schema = client.get("/api/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    assert "/api/v1/consultations" in schema["paths"]
+    assert "/api/v1/consultations/{consultation_id}" in schema["paths"]
+    assert "/api/v1/consultations/{consultation_id}/stream" in schema["paths"]
