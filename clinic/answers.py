@@ -48,8 +48,9 @@ def prompt_passages(passages: Sequence[RetrievedPassage]) -> list[Any]:
 def finalize_answer(consultation: Consultation, text: str,
                     passages: Sequence[RetrievedPassage]) -> Consultation:
     """Parse claims, score each against its cited passage, decide abstention, store it all."""
-    from modelsvc.citations import parse_answer
     from modelsvc.verification import check_injection, score_claims, should_abstain, support_rate
+
+    from modelsvc.citations import parse_answer
 
     by_rank = {p.rank: p.text for p in passages}
     max_rank = max(by_rank) if by_rank else 0

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -33,7 +34,8 @@ def _check_redis() -> dict[str, Any]:
     except redis.RedisError as error:
         hint = ("start ./run again (it starts the bundled Redis)" if settings.REDIS_IS_EMBEDDED
                 else "check that the Redis at REDIS_URL is running")
-        raise RuntimeError(f"Redis at {settings.REDIS_URL} does not answer ({error}); {hint}.")
+        raise RuntimeError(
+            f"Redis at {settings.REDIS_URL} does not answer ({error}); {hint}.") from error
     finally:
         client.close()
     return {"embedded": settings.REDIS_IS_EMBEDDED}

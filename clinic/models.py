@@ -100,6 +100,9 @@ class RetrievedPassage(models.Model):
         constraints = [models.UniqueConstraint(fields=["consultation", "rank"],
                                                name="unique_passage_rank")]
 
+    def __str__(self) -> str:
+        return f"[{self.rank}] PMID {self.pmid}"
+
     @property
     def pubmed_url(self) -> str:
         return f"https://pubmed.ncbi.nlm.nih.gov/{self.pmid}/"
@@ -118,6 +121,9 @@ class Claim(models.Model):
 
     class Meta:
         ordering = ["consultation", "position"]
+
+    def __str__(self) -> str:
+        return f"Claim {self.position} of consultation {self.consultation_id}"
 
 
 class Feedback(models.Model):
@@ -141,6 +147,9 @@ class Feedback(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{'Helpful' if self.helpful else 'Not helpful'} on {self.consultation_id}"
 
 
 class DeepConsultStep(models.Model):
@@ -174,3 +183,6 @@ class DeepConsultStep(models.Model):
         ordering = ["consultation", "position"]
         constraints = [models.UniqueConstraint(fields=["consultation", "position"],
                                                name="unique_step_position")]
+
+    def __str__(self) -> str:
+        return f"Step {self.position} ({self.kind}) of consultation {self.consultation_id}"

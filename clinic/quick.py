@@ -61,11 +61,11 @@ def _fail(consultation_id: int, message: str) -> None:
 def _prepare(consultation_id: int) -> dict[str, Any]:
     """Embed, route, retrieve and store the passages; returns what generation needs."""
     from modelsvc.router import route
-    from modelsvc.tokens import fit_passages
     from retrieval.embedding import embed_query
     from retrieval.search import SearchFilters, search
 
     from clinic.answers import prompt_passages, store_passages
+    from modelsvc.tokens import fit_passages
 
     consultation = Consultation.objects.get(pk=consultation_id)
     timings: dict[str, float] = {}
@@ -156,9 +156,10 @@ def _complete(consultation_id: int, text: str, result: Any, served_model: Any,
 
 async def _generate(consultation_id: int) -> None:
     from modelsvc.accounting import record_call
+    from retrieval.search import RetrievalError
+
     from modelsvc.client import StreamDone, TextDelta, get_client
     from modelsvc.errors import ModelServiceError
-    from retrieval.search import RetrievalError
 
     try:
         _publish(consultation_id, {"event": "stage", "data": {"stage": "retrieving"}})

