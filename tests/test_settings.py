@@ -21,7 +21,8 @@ NOT_OURS = {"DJANGO_SETTINGS_MODULE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
 
 def _settings_in_python_code() -> set[str]:
     names: set[str] = set()
-    pattern = re.compile(r"""(?:os\.environ(?:\.get)?|os\.getenv|env_\w+)\(\s*["']([A-Z][A-Z0-9_]+)""")
+    pattern = re.compile(
+        r"""(?:os\.environ(?:\.get)?|os\.getenv|env_\w+)\(\s*["']([A-Z][A-Z0-9_]+)""")
     for package in ("config", "clinic", "modelsvc", "retrieval"):
         for path in (ROOT / package).rglob("*.py"):
             names.update(pattern.findall(path.read_text()))
