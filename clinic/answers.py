@@ -48,9 +48,8 @@ def prompt_passages(passages: Sequence[RetrievedPassage]) -> list[Any]:
 def finalize_answer(consultation: Consultation, text: str,
                     passages: Sequence[RetrievedPassage]) -> Consultation:
     """Parse claims, score each against its cited passage, decide abstention, store it all."""
-    from modelsvc.verification import check_injection, score_claims, should_abstain, support_rate
-
     from modelsvc.citations import parse_answer
+    from modelsvc.verification import check_injection, score_claims, should_abstain, support_rate
 
     by_rank = {p.rank: p.text for p in passages}
     max_rank = max(by_rank) if by_rank else 0
@@ -62,7 +61,8 @@ def finalize_answer(consultation: Consultation, text: str,
 
         supports = score_claims(parsed.claims, by_rank, embed=embed_texts)
     injected = check_injection(text, [p.text for p in passages])
-    abstain = injected or should_abstain(parsed.claims, supports) or not text.strip()
+    abstain = (injected or not text.strip() or should_abstain(
+        parsed.claims, supports, require_citations=consultation.use_retrieval))
     with transaction.atomic():
         consultation.claims.all().delete()
         Claim.objects.bulk_create([

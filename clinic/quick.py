@@ -60,12 +60,11 @@ def _fail(consultation_id: int, message: str) -> None:
 
 def _prepare(consultation_id: int) -> dict[str, Any]:
     """Embed, route, retrieve and store the passages; returns what generation needs."""
+    from clinic.answers import prompt_passages, store_passages
     from modelsvc.router import route
+    from modelsvc.tokens import fit_passages
     from retrieval.embedding import embed_query
     from retrieval.search import SearchFilters, search
-
-    from clinic.answers import prompt_passages, store_passages
-    from modelsvc.tokens import fit_passages
 
     consultation = Consultation.objects.get(pk=consultation_id)
     timings: dict[str, float] = {}
@@ -121,6 +120,15 @@ def _prepare(consultation_id: int) -> dict[str, Any]:
             "served_model": decision.served_model}
 
 
+def _record_failure(consultation_id: int, error: Any) -> None:
+    from modelsvc.accounting import record_call
+
+    consultation = Consultation.objects.select_related("routed_model").get(pk=consultation_id)
+    record_call(result=None, error=error, purpose="answer",
+                model_name=consultation.routed_model_name or settings.MODEL_NAME,
+                served_model=consultation.routed_model, consultation_id=consultation_id)
+
+
 def _save_partial(consultation_id: int, text: str) -> None:
     Consultation.objects.filter(pk=consultation_id, status=Consultation.Status.RUNNING).update(
         answer_text=text, updated_at=timezone.now())
@@ -128,9 +136,8 @@ def _save_partial(consultation_id: int, text: str) -> None:
 
 def _complete(consultation_id: int, text: str, result: Any, served_model: Any,
               timings: dict[str, float]) -> None:
-    from modelsvc.accounting import record_call
-
     from clinic.answers import finalize_answer
+    from modelsvc.accounting import record_call
 
     consultation = Consultation.objects.get(pk=consultation_id)
     started = time.monotonic()
@@ -155,11 +162,9 @@ def _complete(consultation_id: int, text: str, result: Any, served_model: Any,
 
 
 async def _generate(consultation_id: int) -> None:
-    from modelsvc.accounting import record_call
-    from retrieval.search import RetrievalError
-
     from modelsvc.client import StreamDone, TextDelta, get_client
     from modelsvc.errors import ModelServiceError
+    from retrieval.search import RetrievalError
 
     try:
         _publish(consultation_id, {"event": "stage", "data": {"stage": "retrieving"}})
@@ -195,9 +200,7 @@ async def _generate(consultation_id: int) -> None:
             {"generate_ms": round(generate_ms, 1)})
     except ModelServiceError as error:
         logger.warning("answer %s failed at the model server: %s", consultation_id, error.message)
-        await sync_to_async(record_call)(result=None, error=error, purpose="answer",
-                                         model_name=settings.MODEL_NAME,
-                                         consultation_id=consultation_id)
+        await sync_to_async(_record_failure)(consultation_id, error)
         await sync_to_async(_fail)(consultation_id, error.message + " Your question is saved; "
                                    "press Retry.")
     except RetrievalError as error:

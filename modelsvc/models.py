@@ -54,3 +54,39 @@ class ModelCall(models.Model):
     succeeded = models.BooleanField(default=True)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # "length" means the answer was cut at max_tokens: worth watching on a dashboard.
+    finish_reason = models.CharField(max_length=32, blank=True)
+    error_kind = models.CharField(max_length=64, blank=True,
+                                  help_text="The ModelServiceError subclass of a failed call.")
+
+    def __str__(self) -> str:
+        return f"{self.purpose} via {self.model_name} ({self.prompt_tokens}+" \
+               f"{self.completion_tokens} tokens)"
+
+
+class RouterVersion(models.Model):
+    """A trained question router: its file under VAR_DIR/router and its held-out metrics."""
+
+    version = models.CharField(max_length=64, unique=True)
+    path = models.CharField(max_length=500, help_text="joblib file of the trained classifier.")
+    embedding_model = models.CharField(max_length=200)
+    classes = models.JSONField(default=list)
+    confidence_threshold = models.FloatField(
+        help_text="Below this probability the router falls back to literature + retrieval.")
+    accuracy = models.FloatField()
+    metrics = models.JSONField(default=dict)
+    train_size = models.PositiveIntegerField()
+    test_size = models.PositiveIntegerField()
+    active = models.BooleanField(default=False, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["active"], condition=models.Q(active=True),
+                                    name="one_active_router"),
+        ]
+
+    def __str__(self) -> str:
+        state = ", active" if self.active else ""
+        return f"router {self.version} (accuracy {self.accuracy:.3f}{state})"

@@ -28,7 +28,7 @@ def _make_user(username: str, role: str | None, **extra: object) -> User:
     user = User.objects.create_user(username=username, password=f"{username}-pass-123",
                                     **extra)  # type: ignore[arg-type]
     if role:
-        user.groups.add(Group.objects.get(name=role))
+        user.groups.add(Group.objects.get_or_create(name=role)[0])
     return user
 
 

@@ -43,7 +43,7 @@ def _user(username: str) -> User:
     from django.contrib.auth.models import Group
 
     user = User.objects.create_user(username=username, password=PASSWORD)
-    user.groups.add(Group.objects.get(name="clinician"))
+    user.groups.add(Group.objects.get_or_create(name="clinician")[0])
     return user
 
 

