@@ -168,9 +168,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A job whose worker died is redelivered after this many seconds.
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 900, minimum=10,
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 960, minimum=10,
                                   help="Seconds before an unacknowledged job is redelivered "
-                                  "to another worker."),
+                                  "to another worker; keep it above DEEP_CONSULT_TIME_LIMIT."),
     "socket_connect_timeout": 3,
 }
 CELERY_TASK_ALWAYS_EAGER = False
@@ -251,7 +251,7 @@ DEEP_CONSULT_TOKEN_BUDGET = env_int("DEEP_CONSULT_TOKEN_BUDGET", 6000, minimum=2
 DEEP_CONSULT_MAX_ATTEMPTS = env_int("DEEP_CONSULT_MAX_ATTEMPTS", 3, minimum=1, maximum=20,
                                     help="Attempts before a crashing deep consult is marked "
                                     "failed.")
-DEEP_CONSULT_TIME_LIMIT = env_int("DEEP_CONSULT_TIME_LIMIT", 900, minimum=30,
+DEEP_CONSULT_TIME_LIMIT = env_int("DEEP_CONSULT_TIME_LIMIT", 900, minimum=60,
                                   help="Hard time limit of one deep consult job, in seconds "
                                   "(the soft limit is 30 s earlier).")
 RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 12, minimum=1,
