@@ -263,6 +263,21 @@ WEB_PORT = env_int("WEB_PORT", 8000, minimum=1, maximum=65535,
 WEB_WORKERS = env_int("WEB_WORKERS", 1, minimum=1, maximum=64,
                       help="uvicorn worker processes started by the run command.")
 
+# --- Evaluation -------------------------------------------------------------------------
+EVAL_CONCURRENCY = env_int("EVAL_CONCURRENCY", 2, minimum=1, maximum=64,
+                           help="Questions an evaluation run sends to the model server at once.")
+EVAL_RETRIEVAL_K = env_int("EVAL_RETRIEVAL_K", 10, minimum=1, maximum=100,
+                           help="Passages retrieved per evaluation question (Recall@k depth).")
+EVAL_PROMPT_PASSAGES = env_int("EVAL_PROMPT_PASSAGES", 3, minimum=1, maximum=20,
+                               help="Top passages put in the evaluation prompt.")
+EVAL_MAX_TOKENS = env_int("EVAL_MAX_TOKENS", 192, minimum=8,
+                          help="Most tokens generated per free-text evaluation answer.")
+EVAL_CHOICE_MAX_TOKENS = env_int("EVAL_CHOICE_MAX_TOKENS", 24, minimum=4,
+                                 help="Most tokens generated per multiple-choice answer.")
+EVAL_GATE_SUITES = env_list("EVAL_GATE_SUITES", ["pubmedqa", "mirage"],
+                            help="Suites a candidate model must not be worse on before "
+                            "promotion.")
+
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="Log level of the app's loggers.")
 LOGGING = {
