@@ -84,4 +84,7 @@ def finalize_answer(consultation: Consultation, text: str,
         consultation.save(update_fields=[
             "answer_text", "abstained", "support_rate", "removed_citations", "status",
             "completed_at", "error_message", "updated_at"])
+    from clinic.review.services import enqueue_for_review
+
+    enqueue_for_review(consultation_id=consultation.pk)
     return consultation

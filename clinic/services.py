@@ -143,6 +143,11 @@ def feedback_create(*, consultation: Consultation, user: User, helpful: bool, co
                                f"{', '.join(sorted(FEEDBACK_PROBLEMS))}.")
     comment = clean_question(comment, field="comment", required=False)
     correction = clean_question(correction, field="correction", required=False)
-    feedback = Feedback.objects.create(consultation=consultation, user=user, helpful=helpful,
-                                       comment=comment, problems=problems, correction=correction)
+    from clinic.review.services import enqueue_for_review
+
+    with transaction.atomic():
+        feedback = Feedback.objects.create(consultation=consultation, user=user, helpful=helpful,
+                                           comment=comment, problems=problems,
+                                           correction=correction)
+        enqueue_for_review(consultation_id=consultation.pk)
     return feedback

@@ -263,6 +263,35 @@ WEB_PORT = env_int("WEB_PORT", 8000, minimum=1, maximum=65535,
 WEB_WORKERS = env_int("WEB_WORKERS", 1, minimum=1, maximum=64,
                       help="uvicorn worker processes started by the run command.")
 
+# --- Review queue and training exports -------------------------------------------------
+REVIEW_CLAIM_MINUTES = env_int("REVIEW_CLAIM_MINUTES", 30, minimum=1,
+                               help="Minutes a reviewer's claim on a review item lasts.")
+REVIEW_SAMPLE_RATE = env_float("REVIEW_SAMPLE_RATE", 0.05, minimum=0.0, maximum=1.0,
+                               help="Share of all answers queued for quality-control review.")
+REVIEW_CONFIDENCE_THRESHOLD = env_float("REVIEW_CONFIDENCE_THRESHOLD", 0.5, minimum=0.0,
+                                        maximum=1.0, help="Routing confidence below which an "
+                                        "answer is queued for review.")
+REVIEW_REQUIRED_REVIEWS = env_int("REVIEW_REQUIRED_REVIEWS", 1, minimum=1, maximum=5,
+                                  help="Independent reviews needed per item.")
+REVIEW_UNSAFE_REQUIRED_REVIEWS = env_int("REVIEW_UNSAFE_REQUIRED_REVIEWS", 2, minimum=1,
+                                         maximum=5, help="Independent reviews needed when a "
+                                         "clinician flagged the answer unsafe.")
+EXPORT_DIR = Path(env_str("EXPORT_DIR", str(VAR_DIR / "exports"),
+                          help="Where training exports are written (shared storage when web "
+                          "and workers are on different machines)."))
+EXPORT_EVAL_PERCENT = env_int("EXPORT_EVAL_PERCENT", 20, minimum=0, maximum=100,
+                              help="Percent of reviewed items held back for the eval benchmark "
+                              "(fixed per item by hash).")
+EXPORT_SPLIT_SALT = env_str("EXPORT_SPLIT_SALT", "split-v1",
+                            help="Salt of the train/eval split; changing it reshuffles every "
+                            "item.")
+EXPORT_NEAR_DUPLICATE_JACCARD = env_float("EXPORT_NEAR_DUPLICATE_JACCARD", 0.8, minimum=0.1,
+                                          maximum=1.0, help="Token-set Jaccard at which two "
+                                          "questions count as near-duplicates.")
+EXPORT_PSEUDONYM_KEY = env_str("EXPORT_PSEUDONYM_KEY", "",
+                               help="Key for pseudonymous reviewer and item ids in exports; "
+                               "unset = DJANGO_SECRET_KEY.")
+
 # --- Evaluation -------------------------------------------------------------------------
 EVAL_CONCURRENCY = env_int("EVAL_CONCURRENCY", 2, minimum=1, maximum=64,
                            help="Questions an evaluation run sends to the model server at once.")

@@ -9,3 +9,16 @@ from clinic.models.consultation import (
 )
 
 __all__ = ["Claim", "Consultation", "DeepConsultStep", "Feedback", "RetrievedPassage"]
+
+from clinic.models.evaluation import EvalResult, EvalRun, PromotionDecision  # noqa: E402
+
+__all__ += ["EvalResult", "EvalRun", "PromotionDecision"]
+
+from clinic.models.review import (  # noqa: E402
+    ExportBatch,
+    ReviewDecision,
+    ReviewItem,
+    ReviewReason,
+)
+
+__all__ += ["ExportBatch", "ReviewDecision", "ReviewItem", "ReviewReason"]

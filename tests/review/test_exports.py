@@ -1,0 +1,150 @@
+"""Training exports: formats, the split, reproducible bytes, verification, dedup, PHI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from clinic.models import ExportBatch, ReviewItem
+from clinic.review.exports import build_export, split_of, verify_export
+from clinic.review.services import (
+    ClaimEdit,
+    enqueue_for_review,
+    review_item_claim,
+    review_item_decide,
+)
+
+pytestmark = pytest.mark.shared_data
+
+
+@pytest.fixture(autouse=True)
+def everything_in_train(settings, shared_data_dir):
+    settings.LITERATURE_DATA_DIR = shared_data_dir
+    settings.EXPORT_EVAL_PERCENT = 0
+
+
+@pytest.fixture
+def reviewed(answered, reviewer):
+    def make(question, kind="approve", **extra):
+        item = enqueue_for_review(consultation_id=answered(question, supported=(False,),
+                                                           **extra).pk)
+        review_item_claim(item_id=item.pk, reviewer=reviewer)
+        claims = [ClaimEdit("Aspirin lowers recurrent stroke by 22%.", [1])]
+        review_item_decide(item_id=item.pk, reviewer=reviewer, kind=kind,
+                           claims=claims if kind == "correct" else None,
+                           error_categories=["wrong_fact"] if kind != "approve" else None)
+        return item
+    return make
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sft_lines_are_chat_messages_with_the_passages_and_the_reviewed_answer(
+        reviewed, tmp_path):
+    reviewed("Does aspirin prevent a second stroke?", "correct")
+    reviewed("Is metformin safe in stage 3 kidney disease?")
+    reviewed("Should beta-carotene be given for heart failure?", "reject")
+    result = build_export(fmt="sft", out_dir=tmp_path)
+    records = read_jsonl(result.path)
+    assert len(records) == 2
+    first = records[0]["messages"]
+    assert [m["role"] for m in first] == ["system", "user", "assistant"]
+    assert "Does aspirin prevent a second stroke?" in first[1]["content"]
+    assert 'pmid="90000001"' in first[1]["content"]
+    assert first[2]["content"] == "Aspirin lowers recurrent stroke by 22% [1]."
+    assert result.counts["not_applicable"] == 1
+
+
+def test_dpo_pairs_only_corrected_answers_against_the_original(reviewed, tmp_path):
+    corrected = reviewed("Does aspirin prevent a second stroke?", "correct")
+    reviewed("Is metformin safe in stage 3 kidney disease?")
+    [pair] = read_jsonl(build_export(fmt="dpo", out_dir=tmp_path).path)
+    assert set(pair) == {"prompt", "chosen", "rejected"}
+    assert [m["role"] for m in pair["prompt"]] == ["system", "user"]
+    assert pair["chosen"] == [{"role": "assistant",
+                               "content": "Aspirin lowers recurrent stroke by 22% [1]."}]
+    assert pair["rejected"][0]["content"] == corrected.consultation.answer_text
+
+
+def test_an_item_lands_in_train_or_eval_never_both(reviewed, tmp_path, settings):
+    settings.EXPORT_EVAL_PERCENT = 50
+    for number in range(12):
+        reviewed(f"Distinct clinical question about drug {number} and outcome {number * 7}?")
+    train = build_export(fmt="sft", out_dir=tmp_path / "train").manifest
+    held_back = build_export(fmt="eval", out_dir=tmp_path / "eval").manifest
+    train_items = {line["item"] for line in train["lines"]}
+    eval_items = {line["item"] for line in held_back["lines"]}
+    assert train_items and eval_items and not train_items & eval_items
+    assert len(train_items | eval_items) == 12
+    assert [split_of(n) for n in range(50)] == [split_of(n) for n in range(50)]
+    eval_record = read_jsonl(tmp_path / "eval" / "eval.jsonl")[0]
+    assert {"id", "question", "reference_answer", "passages", "outcome"} <= set(eval_record)
+
+
+def test_the_same_export_twice_gives_the_same_bytes(reviewed, tmp_path):
+    reviewed("Does aspirin prevent a second stroke?", "correct")
+    reviewed("Is metformin safe in stage 3 kidney disease?")
+    call_command("export_training", "--format", "sft", "--out", str(tmp_path / "a"))
+    call_command("export_training", "--format", "sft", "--out", str(tmp_path / "b"))
+    for name in ("sft.jsonl", "sft.manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert ExportBatch.objects.filter(status="done").count() == 2
+    manifest = json.loads((tmp_path / "a" / "sft.manifest.json").read_text())
+    assert manifest["records"] == 2
+    assert manifest["model_versions"] == ["smollm2-135m"]
+    assert manifest["reviewers"][0].startswith("rev-")
+    assert "rev_carol" not in (tmp_path / "a" / "sft.manifest.json").read_text()
+
+
+def test_verify_export_names_the_edited_line(reviewed, tmp_path):
+    for question in ("Does aspirin prevent a second stroke?",
+                     "Is metformin safe in stage 3 kidney disease?"):
+        reviewed(question)
+    build_export(fmt="sft", out_dir=tmp_path)
+    assert verify_export(tmp_path) == []
+    lines = (tmp_path / "sft.jsonl").read_text().splitlines(keepends=True)
+    lines[1] = lines[1].replace("metformin", "metformin 3 g")
+    (tmp_path / "sft.jsonl").write_text("".join(lines))
+    problems = verify_export(tmp_path)
+    assert any("line 2" in problem for problem in problems)
+    assert not any("line 1 " in problem for problem in problems)
+    with pytest.raises(CommandError):
+        call_command("verify_export", str(tmp_path))
+
+
+def test_duplicates_and_benchmark_questions_are_excluded_and_counted(
+        reviewed, tmp_path, shared_data_dir):
+    pubmedqa = json.loads((shared_data_dir / "pubmedqa" / "pqal_dev.json").read_text())
+    benchmark_question = next(iter(pubmedqa.values()))["QUESTION"]
+    exam = json.loads((shared_data_dir / "exam" / "mirage_medmcqa_mmlu.json").read_text())
+    exam_question = next(iter(exam["medmcqa"].values()))["question"]
+    reviewed("Does low-dose aspirin prevent recurrent ischemic stroke in older adults?")
+    reviewed("does low dose aspirin prevent recurrent ischemic stroke in older adults")
+    reviewed("Does low-dose aspirin prevent recurrent ischaemic stroke in older adults?")
+    reviewed(benchmark_question)
+    reviewed(exam_question.upper())
+    result = build_export(fmt="sft", out_dir=tmp_path)
+    assert result.counts["duplicate_exact"] == 1
+    assert result.counts["duplicate_near"] == 1
+    assert result.counts["contaminated"] == 2
+    assert result.counts["exported"] == 1
+
+
+def test_identifiers_are_redacted_and_unsure_items_held_for_a_human(reviewed, tmp_path):
+    reviewed("Patient Maria Lopez (MRN 00482913), born 03/14/1962: is apixaban safe?",
+             patient_note="Call her at 617-555-0199.")
+    held = reviewed("Is the water in 02139 safe for dialysis patients?")
+    result = build_export(fmt="sft", out_dir=tmp_path)
+    [record] = read_jsonl(result.path)
+    user = record["messages"][1]["content"]
+    for secret in ("Maria", "Lopez", "00482913", "03/14/1962", "617-555-0199"):
+        assert secret not in user
+    assert "[NAME]" in user and "[MRN]" in user and "[PHONE]" in user
+    assert result.counts["phi_held"] == 1
+    assert result.manifest["phi"]["held_for_human"] == 1
+    held.refresh_from_db()
+    assert held.phi_status == ReviewItem.PhiStatus.HELD

@@ -1,0 +1,7 @@
+"""The project's URLs plus the review area, until config/urls.py includes it."""
+
+from django.urls import include, path
+
+from config.urls import urlpatterns as project_urlpatterns
+
+urlpatterns = [path("review/", include("clinic.review.urls")), *project_urlpatterns]
