@@ -307,6 +307,9 @@ EVAL_GATE_SUITES = env_list("EVAL_GATE_SUITES", ["pubmedqa", "mirage"],
                             help="Suites a candidate model must not be worse on before "
                             "promotion.")
 
+GIT_COMMIT = env_str("GIT_COMMIT", "", help="Commit recorded with evaluation runs when the "
+                     "code is deployed without its .git folder.")
+
 LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="Log level of the app's loggers.")
 LOGGING = {

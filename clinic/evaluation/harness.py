@@ -68,7 +68,7 @@ def git_commit() -> str:
                                cwd=base, capture_output=True, text=True, timeout=10,
                                check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("GIT_COMMIT", "")[:64]
+        return settings.GIT_COMMIT[:64]
     return (head + ("-dirty" if dirty else ""))[:64]
 
 

@@ -36,9 +36,9 @@ from tests.conftest import subprocess_env
 
 QUESTION = "Does low-dose aspirin prevent recurrent stroke, and what is the bleeding risk?"
 STEP_KINDS = ["plan", "retrieve", "draft", "verify", "revise", "final"]
-# serialized_rollback: the flush after a transactional test would drop the role groups that a
-# data migration created, and the personas need them.
-committing_db = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+# Committed rows, so that real workers (other processes) see them; the personas recreate the
+# role groups that the flush after a transactional test drops.
+committing_db = pytest.mark.django_db(transaction=True)
 # The tiny random model always writes up to the limit; a shorter one keeps the suite fast.
 ANSWER_MAX_TOKENS = 64
 
