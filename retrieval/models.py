@@ -10,6 +10,8 @@ class Article(models.Model):
     collection = models.CharField(max_length=64, default="pubmed", db_index=True)
     title = models.TextField(blank=True)
     abstract = models.TextField(blank=True)
+    # [[label, text], ...] in abstract order; label "" for unlabelled abstracts.
+    abstract_sections = models.JSONField(default=list, blank=True)
     journal = models.CharField(max_length=400, blank=True)
     year = models.PositiveSmallIntegerField(null=True, blank=True, db_index=True)
     mesh_terms = models.JSONField(default=list, blank=True)
@@ -38,3 +40,119 @@ class Chunk(models.Model):
         ordering = ["article", "position"]
         constraints = [models.UniqueConstraint(fields=["article", "position"],
                                                name="unique_chunk_position")]
+
+    def __str__(self) -> str:
+        return f"chunk {self.position} of article {self.article_id}"
+
+
+class ChunkEmbedding(models.Model):
+    """A chunk's embedding keyed by the hash of the text embedded, so rebuilds reuse it.
+
+    Keyed by (model, content hash), not by chunk id: an article re-ingested with the same
+    text, or a rebuilt index, finds its vectors here instead of running the encoder again.
+    """
+
+    model_name = models.CharField(max_length=300)
+    content_hash = models.CharField(max_length=64)
+    dimension = models.PositiveSmallIntegerField()
+    vector = models.BinaryField()  # float32, little-endian, L2-normalised
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model_name", "content_hash"],
+                                               name="unique_embedding_per_model")]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} embedding of {self.content_hash[:12]}"
+
+
+class IngestRun(models.Model):
+    """One `ingest` invocation over one or more files, and the index build that follows it."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Ingesting files"
+        INDEXING = "indexing", "Building the index"
+        COMPLETE = "complete", "Complete"
+        FAILED = "failed", "Failed"
+
+    collection = models.CharField(max_length=64, default="pubmed")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    use_celery = models.BooleanField(default=False)
+    index_version = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        files = list(self.files.all())
+        totals = {name: sum(getattr(f, name) for f in files)
+                  for name in ("articles_read", "created", "updated", "unchanged", "deleted",
+                               "skipped")}
+        text = (f"ingest run {self.pk} ({self.get_status_display().lower()}): "
+                f"{len(files)} file(s), "
+                f"{totals['articles_read']} records read, {totals['created']} new, "
+                f"{totals['updated']} updated, {totals['unchanged']} unchanged, "
+                f"{totals['deleted']} deleted, {totals['skipped']} skipped")
+        if self.index_version:
+            text += f"; index {self.index_version}"
+        return text
+
+
+class IngestFile(models.Model):
+    """One input file of a run, with what was read, kept, skipped (and why)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    run = models.ForeignKey(IngestRun, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=1000)
+    format = models.CharField(max_length=16)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    articles_read = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    deleted = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    chunks_embedded = models.PositiveIntegerField(default=0)
+    # reason -> count, e.g. {"no abstract": 12, "duplicate PMID in file": 1}
+    issues = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.status})"
+
+
+class RetrievalEvalRun(models.Model):
+    """Scores of one retrieval evaluation, kept so runs can be compared over time."""
+
+    suite = models.CharField(max_length=32)
+    data_path = models.CharField(max_length=1000)
+    questions = models.PositiveIntegerField(default=0)
+    skipped_not_indexed = models.PositiveIntegerField(default=0)
+    index_version = models.CharField(max_length=64)
+    embedding_model = models.CharField(max_length=300)
+    reranker = models.CharField(max_length=300, blank=True)
+    # mode -> {"recall@1": ..., "mrr@10": ..., "latency_ms_p50": ..., ...}
+    results = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.suite} eval on {self.index_version} ({self.created_at:%Y-%m-%d %H:%M})"

@@ -1,0 +1,325 @@
+"""Ingestion: files in, articles/chunks/embeddings stored, one index build at the end.
+
+`ingest_paths` is the entry point (the `ingest` command and the launcher call it). Each file
+becomes an IngestFile row; with `use_celery` every file is a Celery task and the last one to
+finish starts the single index build. Every step is idempotent: an article whose content hash
+is unchanged is not touched, a chunk whose text was embedded before is not embedded again,
+and an index whose inputs are unchanged is not rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from retrieval import embedding
+from retrieval.chunking import CHUNKER_VERSION, chunk_article, content_hash
+from retrieval.models import Article, Chunk, ChunkEmbedding, IngestFile, IngestRun
+from retrieval.parsers import (
+    DeletedCitation,
+    ParsedArticle,
+    ReadReport,
+    UnsupportedInput,
+    detect_format,
+    read_records,
+)
+
+logger = logging.getLogger(__name__)
+
+ARTICLE_BATCH = 256
+EMBED_LOOKUP_BATCH = 500  # hashes per IN (...) query; well under SQLite's variable limit
+
+ProgressCallback = Callable[[IngestFile], None]
+
+
+class IngestError(Exception):
+    """Ingestion cannot start (bad path or format); the message says what to do."""
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def ingest_paths(paths: Iterable[Path | str], *, fmt: str | None = None,
+                 collection: str = "pubmed", use_celery: bool = False,
+                 progress: ProgressCallback | None = None) -> IngestRun:
+    """Ingest files and rebuild the index once.
+
+    In-process (default): returns the finished run. With `use_celery`: returns at once, the
+    run's status moves on as the worker's tasks finish (one task per file).
+    """
+    resolved = [Path(path).expanduser() for path in paths]
+    if not resolved:
+        raise IngestError("No input files given; pass one or more PubMed XML, JSONL or "
+                          "PubMedQA files.")
+    formats: list[str] = []
+    for path in resolved:
+        if not path.is_file():
+            raise IngestError(f"{path} does not exist or is not a file.")
+        try:
+            formats.append(fmt or detect_format(path))
+        except UnsupportedInput as error:
+            raise IngestError(str(error)) from error
+
+    with transaction.atomic():
+        run = IngestRun.objects.create(collection=collection, use_celery=use_celery,
+                                       status=IngestRun.Status.RUNNING)
+        files = [IngestFile.objects.create(run=run, path=str(path.resolve()), format=file_fmt,
+                                           bytes_total=path.stat().st_size)
+                 for path, file_fmt in zip(resolved, formats, strict=True)]
+        if use_celery:
+            from retrieval.tasks import ingest_file_task
+
+            file_ids = [ingest_file.pk for ingest_file in files]
+            transaction.on_commit(
+                lambda: [ingest_file_task.delay(file_id) for file_id in file_ids])
+    logger.info("ingest run %s: %d file(s), %s", run.pk, len(files),
+                "queued for the Celery workers" if use_celery else "in-process")
+    if use_celery:
+        return run
+    for ingest_file in files:
+        ingest_file_by_id(ingest_file.pk, progress=progress)
+    finish_run(run.pk)
+    run.refresh_from_db()
+    return run
+
+
+# --- one file -----------------------------------------------------------------------------
+
+
+@dataclass
+class _FileState:
+    ingest_file: IngestFile
+    report: ReadReport
+    collection: str
+    seen_pmids: set[str] = field(default_factory=set)
+    records_seen: int = 0
+    service_skips: int = 0
+    pending: list[ParsedArticle] = field(default_factory=list)
+    progress: ProgressCallback | None = None
+
+
+def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None) -> IngestFile | None:
+    """Ingest one IngestFile row; a rerun (redelivered task) redoes only what is missing."""
+    claimed = IngestFile.objects.filter(pk=file_id).exclude(
+        status=IngestFile.Status.DONE).update(status=IngestFile.Status.RUNNING,
+                                              started_at=timezone.now())
+    ingest_file = IngestFile.objects.select_related("run").filter(pk=file_id).first()
+    if ingest_file is None:
+        logger.warning("ingest file %s no longer exists; nothing to do", file_id)
+        return None
+    if not claimed:
+        return ingest_file  # already done by an earlier delivery
+    for name in ("articles_read", "created", "updated", "unchanged", "deleted", "skipped",
+                 "chunks_embedded", "bytes_done"):
+        setattr(ingest_file, name, 0)
+    ingest_file.issues, ingest_file.error = {}, ""
+    state = _FileState(ingest_file, ReadReport(), ingest_file.run.collection, progress=progress)
+    path = Path(ingest_file.path)
+    try:
+        for record in read_records(path, ingest_file.format, state.report):
+            if isinstance(record, DeletedCitation):
+                _flush(state)
+                _delete_articles(state, [record.pmid])
+                continue
+            state.records_seen += 1
+            if record.pmid in state.seen_pmids:
+                _skip(state, "duplicate PMID in file")
+                continue
+            state.seen_pmids.add(record.pmid)
+            if not record.sections:
+                _skip(state, "no abstract")
+                # An update without an abstract replaces a version we could cite: drop it.
+                _delete_articles(state, [record.pmid], note_missing=False)
+                continue
+            state.pending.append(record)
+            if len(state.pending) >= ARTICLE_BATCH:
+                _flush(state)
+        _flush(state)
+        ingest_file.status = IngestFile.Status.DONE
+        if not state.records_seen and not state.report.skipped and not ingest_file.deleted \
+                and state.report.issues:
+            ingest_file.status = IngestFile.Status.FAILED
+            ingest_file.error = (f"No records could be read from {path.name}; check that it is "
+                                 f"a {ingest_file.format} file (or pass --format).")
+    except UnsupportedInput as error:
+        ingest_file.status, ingest_file.error = IngestFile.Status.FAILED, str(error)
+    except Exception as error:
+        logger.exception("ingest of %s failed", path.name)
+        ingest_file.status = IngestFile.Status.FAILED
+        ingest_file.error = f"{type(error).__name__}: {error}"
+    _record_report(state)
+    ingest_file.finished_at = timezone.now()
+    ingest_file.save()
+    logger.info("ingested %s: %d read, %d new, %d updated, %d unchanged, %d deleted, "
+                "%d skipped %s", path.name, ingest_file.articles_read, ingest_file.created,
+                ingest_file.updated, ingest_file.unchanged, ingest_file.deleted,
+                ingest_file.skipped, dict(ingest_file.issues))
+    if progress:
+        progress(ingest_file)
+    return ingest_file
+
+
+def _skip(state: _FileState, reason: str) -> None:
+    state.report.skip(reason)
+    state.service_skips += 1
+
+
+def _record_report(state: _FileState) -> None:
+    """Copy the reader's counts onto the row: records it dropped were read, then skipped."""
+    ingest_file = state.ingest_file
+    ingest_file.bytes_done = state.report.bytes_done
+    ingest_file.issues = dict(sorted(state.report.issues.items()))
+    ingest_file.skipped = state.report.skipped
+    ingest_file.articles_read = state.records_seen + state.report.skipped - state.service_skips
+
+
+def _flush(state: _FileState) -> None:
+    batch, state.pending = state.pending, []
+    ingest_file = state.ingest_file
+    if batch:
+        hashes = {article.pmid: article.content_hash(CHUNKER_VERSION) for article in batch}
+        existing = {row["pmid"]: row for row in Article.objects.filter(
+            pmid__in=list(hashes)).values("id", "pmid", "content_hash")}
+        changed = [a for a in batch
+                   if existing.get(a.pmid, {}).get("content_hash") != hashes[a.pmid]]
+        ingest_file.unchanged += len(batch) - len(changed)
+        if changed:
+            _store_articles(state, changed, hashes, existing)
+    _record_report(state)
+    ingest_file.save(update_fields=["articles_read", "created", "updated", "unchanged",
+                                    "deleted", "skipped", "chunks_embedded", "issues",
+                                    "bytes_done"])
+    if state.progress:
+        state.progress(ingest_file)
+
+
+def _store_articles(state: _FileState, articles: list[ParsedArticle], hashes: dict[str, str],
+                    existing: dict[str, dict[str, object]]) -> None:
+    max_tokens = embedding.max_tokens()
+    drafts = {a.pmid: chunk_article(a.title, a.sections, max_tokens=max_tokens,
+                                    count_tokens=embedding.count_tokens) for a in articles}
+    source = Path(state.ingest_file.path).name[:300]
+    with transaction.atomic():
+        rows = []
+        for parsed in articles:
+            row = Article(
+                pmid=parsed.pmid, collection=state.collection, title=parsed.title,
+                abstract=parsed.abstract, abstract_sections=[list(s) for s in parsed.sections],
+                journal=parsed.journal, year=parsed.year, mesh_terms=parsed.mesh_terms,
+                publication_types=parsed.publication_types, language=parsed.language,
+                retracted=parsed.retracted, content_hash=hashes[parsed.pmid], source_file=source,
+            )
+            if parsed.pmid in existing:
+                row.pk = existing[parsed.pmid]["id"]  # type: ignore[assignment]
+            rows.append(row)
+        new_rows = [row for row in rows if row.pk is None]
+        old_rows = [row for row in rows if row.pk is not None]
+        Article.objects.bulk_create(new_rows)
+        if old_rows:
+            now = timezone.now()
+            for row in old_rows:
+                row.updated_at = now
+            Article.objects.bulk_update(old_rows, [
+                "collection", "title", "abstract", "abstract_sections", "journal", "year",
+                "mesh_terms", "publication_types", "language", "retracted", "content_hash",
+                "source_file", "updated_at"])
+            Chunk.objects.filter(article_id__in=[row.pk for row in old_rows]).delete()
+        if any(row.pk is None for row in new_rows):  # backends without RETURNING
+            ids = dict(Article.objects.filter(pmid__in=[r.pmid for r in new_rows])
+                       .values_list("pmid", "id"))
+            for row in new_rows:
+                row.pk = ids[row.pmid]
+        chunk_rows = []
+        for row in rows:
+            for draft in drafts[row.pmid]:
+                chunk_rows.append(Chunk(article_id=row.pk, position=draft.position,
+                                        section=draft.section, text=draft.text,
+                                        content_hash=content_hash(draft.embedded_text(row.title))))
+        Chunk.objects.bulk_create(chunk_rows)
+        state.ingest_file.created += len(new_rows)
+        state.ingest_file.updated += len(old_rows)
+    titles = {row.pk: row.title for row in rows}
+    texts = {chunk.content_hash: drafts_text(titles[chunk.article_id], chunk.text)
+             for chunk in chunk_rows}
+    state.ingest_file.chunks_embedded += ensure_embeddings(texts)
+
+
+def drafts_text(title: str, text: str) -> str:
+    return f"{title}\n{text}" if title else text
+
+
+def _delete_articles(state: _FileState, pmids: list[str], *, note_missing: bool = True) -> None:
+    """Remove articles (their chunks cascade); the index drops them at the run's rebuild and
+    search already skips hits whose chunk is gone."""
+    present = Article.objects.filter(pmid__in=pmids)
+    count = present.count()
+    if count:
+        present.delete()
+        state.ingest_file.deleted += count
+    if note_missing and count < len(pmids):
+        state.report.issues["deletion of a PMID not in the database"] += len(pmids) - count
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+
+def ensure_embeddings(texts_by_hash: dict[str, str]) -> int:
+    """Embed the texts whose hash has no stored vector for the current model; returns count."""
+    if not texts_by_hash:
+        return 0
+    model_name = embedding.embedding_model_name()
+    hashes = list(texts_by_hash)
+    known: set[str] = set()
+    for start in range(0, len(hashes), EMBED_LOOKUP_BATCH):
+        known.update(ChunkEmbedding.objects.filter(
+            model_name=model_name, content_hash__in=hashes[start:start + EMBED_LOOKUP_BATCH],
+        ).values_list("content_hash", flat=True))
+    missing = [h for h in hashes if h not in known]
+    if not missing:
+        return 0
+    vectors = embedding.embed_texts([texts_by_hash[h] for h in missing])
+    ChunkEmbedding.objects.bulk_create(
+        [ChunkEmbedding(model_name=model_name, content_hash=h, dimension=vectors.shape[1],
+                        vector=np.asarray(vector, dtype="<f4").tobytes())
+         for h, vector in zip(missing, vectors, strict=True)],
+        ignore_conflicts=True, batch_size=500)
+    return len(missing)
+
+
+# --- end of a run -------------------------------------------------------------------------
+
+
+def finish_run(run_id: int) -> IngestRun | None:
+    """Build the index once every file of the run is finished (exactly one caller wins)."""
+    from retrieval.index_build import build_index
+
+    open_files = IngestFile.objects.filter(run_id=run_id).filter(
+        Q(status=IngestFile.Status.PENDING) | Q(status=IngestFile.Status.RUNNING))
+    if open_files.exists():
+        return None
+    claimed = IngestRun.objects.filter(pk=run_id, status=IngestRun.Status.RUNNING).update(
+        status=IngestRun.Status.INDEXING)
+    if claimed != 1:
+        return IngestRun.objects.filter(pk=run_id).first()
+    run = IngestRun.objects.get(pk=run_id)
+    try:
+        manifest = build_index()
+        run.index_version = manifest["version"]
+        failed = run.files.filter(status=IngestFile.Status.FAILED).count()
+        run.status = IngestRun.Status.COMPLETE
+        run.error = f"{failed} file(s) failed; see their rows" if failed else ""
+    except Exception as error:
+        logger.exception("index build after ingest run %s failed", run_id)
+        run.status = IngestRun.Status.FAILED
+        run.error = f"Index build failed ({type(error).__name__}: {error}); the previous " \
+            "index stays in use. Fix the cause and run `python manage.py build_index`."
+    run.finished_at = timezone.now()
+    run.save(update_fields=["index_version", "status", "error", "finished_at"])
+    return run
