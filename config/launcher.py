@@ -204,8 +204,11 @@ def _load_demo_corpus(s: object) -> None:
     if missing:
         say("literature", "not found: " + ", ".join(missing) + ". Set LITERATURE_DATA_DIR to "
             "your PubMed/PubMedQA files, or run `python manage.py ingest PATH`.")
-    demo = [path for path in demo if path.exists()]
-    background = [path for path in background if path.exists()]
+    demo = [path for path in demo if path.exists() and not _already_ingested(path)]
+    background = [path for path in background if path.exists() and not _already_ingested(path)]
+    if not demo and not background:
+        say("literature", "the corpus files are already indexed; nothing to ingest")
+        return
     try:
         from retrieval.services import ingest_paths
     except ImportError:
@@ -220,6 +223,19 @@ def _load_demo_corpus(s: object) -> None:
         ingest_paths(background, use_celery=True)
         say("literature", f"{len(background)} more file(s) are being indexed in the background "
             "by the worker (progress in the admin, Ingest runs)")
+
+
+def _already_ingested(path: Path) -> bool:
+    """A file ingested completely, unchanged since, is not read again on the next run."""
+    from datetime import UTC, datetime
+
+    from retrieval.models import IngestFile
+
+    stat = path.stat()
+    modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+    return IngestFile.objects.filter(
+        path=str(path.resolve()), status=IngestFile.Status.DONE, bytes_total=stat.st_size,
+        finished_at__gt=modified).exists()
 
 
 def _wait_ready(base: str, timeout: float) -> bool:

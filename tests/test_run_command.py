@@ -94,3 +94,4 @@ def test_run_starts_everything_then_ctrl_c_stops_it_and_a_second_run_reuses_it(
             _interrupt(process)
     assert "Demo accounts already exist" in text2
     assert "password:" not in text2
+    assert "already indexed; nothing to ingest" in text2
