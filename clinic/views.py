@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import (
+    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBase,
@@ -107,22 +108,25 @@ async def consultation_events(request: HttpRequest, consultation_id: int) -> Htt
     return response
 
 
-@require_POST
-def consultation_retry_view(request: HttpRequest, consultation_id: int) -> HttpResponse:
+def _own_consultation(request: HttpRequest, consultation_id: int) -> Consultation:
+    """Only the clinician who asked may act on a consultation; to anyone else it does not exist."""
     consultation = consultation_for_user(consultation_id=consultation_id,
                                          user=request.user)  # type: ignore[arg-type]
     if consultation.user_id != request.user.pk:
-        return HttpResponse(status=404)
+        raise Http404("No such consultation.")
+    return consultation
+
+
+@require_POST
+def consultation_retry_view(request: HttpRequest, consultation_id: int) -> HttpResponse:
+    consultation = _own_consultation(request, consultation_id)
     consultation_retry(consultation=consultation)
     return redirect("clinic:consultation", consultation_id=consultation.pk)
 
 
 @require_POST
 def consultation_cancel_view(request: HttpRequest, consultation_id: int) -> HttpResponse:
-    consultation = consultation_for_user(consultation_id=consultation_id,
-                                         user=request.user)  # type: ignore[arg-type]
-    if consultation.user_id != request.user.pk:
-        return HttpResponse(status=404)
+    consultation = _own_consultation(request, consultation_id)
     consultation_cancel(consultation=consultation)
     messages.info(request, "Cancellation requested; the job stops after its current step.")
     return redirect("clinic:consultation", consultation_id=consultation.pk)
@@ -130,10 +134,7 @@ def consultation_cancel_view(request: HttpRequest, consultation_id: int) -> Http
 
 @require_POST
 def feedback_view(request: HttpRequest, consultation_id: int) -> HttpResponse:
-    consultation = consultation_for_user(consultation_id=consultation_id,
-                                         user=request.user)  # type: ignore[arg-type]
-    if consultation.user_id != request.user.pk:
-        return HttpResponse(status=404)
+    consultation = _own_consultation(request, consultation_id)
     form = FeedbackForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose helpful or not helpful before sending feedback.")
