@@ -92,7 +92,7 @@ def _build_lock() -> Iterator[None]:
 
 
 def _load_vectors(hashes: list[str], model_name: str, dimension: int) -> np.ndarray:
-    by_hash: dict[str, bytes] = {}
+    by_hash: dict[str, bytes | memoryview] = {}
     unique = list(dict.fromkeys(hashes))
     for start in range(0, len(unique), 500):
         by_hash.update(ChunkEmbedding.objects.filter(

@@ -185,10 +185,12 @@ def _flush(state: _FileState) -> None:
     ingest_file = state.ingest_file
     if batch:
         hashes = {article.pmid: article.content_hash(CHUNKER_VERSION) for article in batch}
-        existing = {row["pmid"]: row for row in Article.objects.filter(
-            pmid__in=list(hashes)).values("id", "pmid", "content_hash")}
+        existing: dict[str, tuple[int, str]] = {
+            pmid: (article_id, stored_hash) for article_id, pmid, stored_hash in
+            Article.objects.filter(pmid__in=list(hashes)).values_list("id", "pmid",
+                                                                      "content_hash")}
         changed = [a for a in batch
-                   if existing.get(a.pmid, {}).get("content_hash") != hashes[a.pmid]]
+                   if existing.get(a.pmid, (0, ""))[1] != hashes[a.pmid]]
         ingest_file.unchanged += len(batch) - len(changed)
         if changed:
             _store_articles(state, changed, hashes, existing)
@@ -201,7 +203,7 @@ def _flush(state: _FileState) -> None:
 
 
 def _store_articles(state: _FileState, articles: list[ParsedArticle], hashes: dict[str, str],
-                    existing: dict[str, dict[str, object]]) -> None:
+                    existing: dict[str, tuple[int, str]]) -> None:
     max_tokens = embedding.max_tokens()
     drafts = {a.pmid: chunk_article(a.title, a.sections, max_tokens=max_tokens,
                                     count_tokens=embedding.count_tokens) for a in articles}
@@ -217,7 +219,7 @@ def _store_articles(state: _FileState, articles: list[ParsedArticle], hashes: di
                 retracted=parsed.retracted, content_hash=hashes[parsed.pmid], source_file=source,
             )
             if parsed.pmid in existing:
-                row.pk = existing[parsed.pmid]["id"]  # type: ignore[assignment]
+                row.pk = existing[parsed.pmid][0]
             rows.append(row)
         new_rows = [row for row in rows if row.pk is None]
         old_rows = [row for row in rows if row.pk is not None]
