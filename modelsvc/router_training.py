@@ -150,7 +150,8 @@ def train_router(*, data_dir: Path, limit: int | None = None, seed: int = 0,
         row = RouterVersion.objects.create(
             version=version, path=str(path),
             embedding_model=settings.EMBEDDING_MODEL or "all-MiniLM-L6-v2",
-            classes=classes, confidence_threshold=threshold, accuracy=metrics["accuracy"],
+            classes=classes, confidence_threshold=threshold,
+            accuracy=float(metrics["accuracy"]),  # type: ignore[arg-type]
             metrics=metrics, train_size=len(y_train), test_size=len(y_test), active=activate)
     logger.info("trained router %s: accuracy %.3f on %d held-out questions", version,
                 metrics["accuracy"], len(y_test))

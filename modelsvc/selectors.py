@@ -64,14 +64,16 @@ def consultation_totals_by_purpose(consultation_id: int) -> dict[str, CallTotals
     """Per stage (answer, plan, draft, judge, ...) of one consultation."""
     rows = (ModelCall.objects.filter(consultation_id=consultation_id)
             .values("purpose").annotate(**_TOTALS).order_by("purpose"))
-    return {row.pop("purpose"): _totals(row) for row in rows}
+    return {str(row["purpose"]): _totals({k: v for k, v in row.items() if k != "purpose"})
+            for row in rows}
 
 
 def totals_by_purpose(*, since: datetime | None = None,
                       until: datetime | None = None) -> dict[str, CallTotals]:
     rows = _calls(since=since, until=until).values("purpose").annotate(**_TOTALS).order_by(
         "purpose")
-    return {row.pop("purpose"): _totals(row) for row in rows}
+    return {str(row["purpose"]): _totals({k: v for k, v in row.items() if k != "purpose"})
+            for row in rows}
 
 
 def totals_by_model(*, since: datetime | None = None,
@@ -79,7 +81,8 @@ def totals_by_model(*, since: datetime | None = None,
     """Keyed by the model value sent (an adapter name for a LoRA adapter)."""
     rows = _calls(since=since, until=until).values("model_name").annotate(**_TOTALS).order_by(
         "model_name")
-    return {row.pop("model_name"): _totals(row) for row in rows}
+    return {str(row["model_name"]): _totals({k: v for k, v in row.items()
+                                             if k != "model_name"}) for row in rows}
 
 
 def serving_models(capability: str | None = None) -> QuerySet[ServedModel]:
