@@ -109,7 +109,7 @@ def enqueue_for_review(*, consultation_id: int) -> ReviewItem | None:
     reason on an item already reviewed (an `unsafe` flag after approval) reopens it.
     """
     with transaction.atomic():
-        consultation = (Consultation.objects.select_for_update()
+        consultation = (Consultation.objects.select_for_update(of=("self",))
                         .select_related("routed_model").filter(pk=consultation_id).first())
         if consultation is None or consultation.status != Consultation.Status.COMPLETE:
             return None
@@ -277,7 +277,7 @@ def review_item_decide(*, item_id: int, reviewer: User, kind: str,
         raise ReviewError("Say why the answer is rejected: choose at least one error category.")
     now = timezone.now()
     with transaction.atomic():
-        item = (ReviewItem.objects.select_for_update().select_related("consultation")
+        item = (ReviewItem.objects.select_for_update(of=("self",)).select_related("consultation")
                 .filter(pk=item_id).first())
         if item is None:
             raise ReviewError("This review item does not exist.")

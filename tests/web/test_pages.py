@@ -170,13 +170,19 @@ def test_a_deep_consult_with_redis_down_is_kept_with_a_clear_message(
         django_capture_on_commit_callbacks: object) -> None:
     from config.celery import app
 
-    app.conf.broker_url = "redis://127.0.0.1:1/0"
+    def use_broker(url: str) -> None:
+        # The producer pool caches its connection; drop it so the new URL takes effect.
+        app.conf.broker_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    use_broker("redis://127.0.0.1:1/0")  # nothing listens on port 1: Redis is "down"
     try:
         _login(client, clinician)
         with django_capture_on_commit_callbacks(execute=True):  # type: ignore[operator]
             response = client.post("/", {"question": "Long question?", "deep": "1"})
     finally:
-        app.conf.broker_url = settings.CELERY_BROKER_URL  # type: ignore[attr-defined]
+        use_broker(settings.CELERY_BROKER_URL)  # type: ignore[attr-defined]
     consultation = Consultation.objects.get()
     assert response.status_code == 302
     assert consultation.mode == "deep"
