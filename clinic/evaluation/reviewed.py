@@ -8,7 +8,6 @@ and its failures fall back to the overlap score.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -28,12 +27,7 @@ _CITATION = re.compile(r"\[\s*\d[\d,;\s\-–]*\]")
 
 def held_out_items() -> tuple[list[EvalItem], str]:
     """(items, a description of where they came from) from the review export's eval split."""
-    try:
-        from clinic.review.exports import eval_split_items  # type: ignore[import-not-found]
-    except ImportError:
-        rows, source = _eval_split_from_review_items()
-    else:
-        rows, source = eval_split_items()
+    rows, source = _eval_split_from_review_items()
     items = []
     for row in rows:
         reference = {"answer": str(row["answer"]),
@@ -44,18 +38,13 @@ def held_out_items() -> tuple[list[EvalItem], str]:
     return items, str(source)
 
 
-def in_eval_split(consultation_id: int, *, salt: str, percent: int) -> bool:
-    """Stable hash split on the consultation: the same item is held out in every export."""
-    digest = hashlib.sha256(f"{salt}:{consultation_id}".encode()).hexdigest()
-    return int(digest[:8], 16) % 100 < percent
-
-
 def _eval_split_from_review_items() -> tuple[list[dict[str, Any]], str]:
-    """Until issue 6's export code provides the split: reviewed, approved or corrected,
-    de-identified items whose consultation hashes into EXPORT_EVAL_PERCENT."""
+    """Reviewed, approved or corrected, de-identified items on the eval side of the export
+    split: the same function decides for the exports, so no item is ever on both sides."""
     try:
         from clinic.models.review import ReviewItem
         from clinic.review import conf
+        from clinic.review.exports import split_of
     except ImportError as error:
         raise EvalError("The review queue (issue 6) is not available in this build, so the "
                         "reviewed suite has no items.") from error
@@ -67,7 +56,7 @@ def _eval_split_from_review_items() -> tuple[list[dict[str, Any]], str]:
         .select_related("consultation").prefetch_related("consultation__passages")
         .order_by("consultation_id"))
     for item in items:
-        if not in_eval_split(item.consultation_id, salt=salt, percent=percent):
+        if split_of(item.consultation_id) != "eval":
             continue
         pmid_by_rank = {p.rank: p.pmid for p in item.consultation.passages.all()}
         cited = {pmid_by_rank[n] for claim in item.final_claims or []
