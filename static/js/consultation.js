@@ -31,6 +31,8 @@
     const feedback = $("feedback-card");
     if (feedback) feedback.hidden = snapshot.status !== "complete";
     if (snapshot.finished) $("stage").textContent = "";
+    const suggest = $("suggest-deep");
+    if (suggest) suggest.hidden = !(snapshot.routing && snapshot.routing.suggested_deep);
     if (snapshot.time_to_first_token_ms) {
       $("ttft").textContent = "first token after " + snapshot.time_to_first_token_ms + " ms";
     }

@@ -191,3 +191,16 @@ def test_a_deep_consult_with_redis_down_is_kept_with_a_clear_message(
     page = client.get(f"/consultations/{consultation.pk}/").content.decode()
     assert "job queue (Redis) is not reachable" in page
     assert 'id="retry"' in page
+
+
+def test_a_quick_answer_offers_the_deep_consult_the_router_suggested(client: Client,
+                                                                     clinician: User) -> None:
+    consultation = _consultation(clinician, status="complete", suggested_deep=True,
+                                 question="Compare apixaban and warfarin in AF with CKD?")
+    page = _login(client, clinician).get(f"/consultations/{consultation.pk}/").content.decode()
+    assert 'id="suggest-deep"' in page
+    assert '"suggested_deep": true' in page
+    response = client.post("/", {"question": "Compare apixaban and warfarin in AF with CKD?",
+                                 "deep": "1"})
+    assert response.status_code == 302
+    assert Consultation.objects.latest("id").mode == "deep"
