@@ -1,6 +1,16 @@
 from django.contrib import admin
 
-from clinic.models import Claim, Consultation, DeepConsultStep, Feedback, RetrievedPassage
+from clinic.models import (
+    Claim,
+    Consultation,
+    DeepConsultStep,
+    EvalRun,
+    ExportBatch,
+    Feedback,
+    RetrievedPassage,
+    ReviewDecision,
+    ReviewItem,
+)
 
 
 class PassageInline(admin.TabularInline):
@@ -43,3 +53,43 @@ class FeedbackAdmin(admin.ModelAdmin):
     list_display = ["id", "consultation", "user", "helpful", "created_at"]
     list_filter = ["helpful"]
     list_select_related = ["user", "consultation"]
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records that are written only by their services: visible here, never edited by hand."""
+
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(ReviewItem)
+class ReviewItemAdmin(ReadOnlyAdmin):
+    list_display = ["id", "consultation", "priority", "status", "outcome", "phi_status",
+                    "model_name", "specialty", "created_at"]
+    list_filter = ["status", "outcome", "phi_status", "specialty"]
+    list_select_related = ["consultation"]
+
+
+@admin.register(ReviewDecision)
+class ReviewDecisionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "item", "reviewer", "kind", "round", "is_adjudication", "created_at"]
+    list_filter = ["kind", "is_adjudication"]
+    list_select_related = ["item", "reviewer"]
+
+
+@admin.register(ExportBatch)
+class ExportBatchAdmin(ReadOnlyAdmin):
+    list_display = ["id", "format", "status", "progress", "sha256", "created_by", "created_at"]
+    list_filter = ["format", "status"]
+
+
+@admin.register(EvalRun)
+class EvalRunAdmin(ReadOnlyAdmin):
+    list_display = ["id", "suite", "status", "created_at"]
+    list_filter = ["suite", "status"]
