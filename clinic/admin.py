@@ -7,6 +7,7 @@ from clinic.models import (
     EvalRun,
     ExportBatch,
     Feedback,
+    PhiClearance,
     RetrievedPassage,
     ReviewDecision,
     ReviewItem,
@@ -81,6 +82,13 @@ class ReviewDecisionAdmin(ReadOnlyAdmin):
     list_display = ["id", "item", "reviewer", "kind", "round", "is_adjudication", "created_at"]
     list_filter = ["kind", "is_adjudication"]
     list_select_related = ["item", "reviewer"]
+
+
+@admin.register(PhiClearance)
+class PhiClearanceAdmin(ReadOnlyAdmin):
+    list_display = ["id", "item", "decision", "decided_by", "created_at"]
+    list_filter = ["decision"]
+    list_select_related = ["item", "decided_by"]
 
 
 @admin.register(ExportBatch)

@@ -51,7 +51,8 @@ def _eval_split_from_review_items() -> tuple[list[dict[str, Any]], str]:
     salt, percent = conf.split_salt(), conf.eval_percent()
     rows = []
     items = (ReviewItem.objects.filter(
-        status=ReviewItem.Status.DONE, phi_status=ReviewItem.PhiStatus.CLEAR,
+        status=ReviewItem.Status.DONE,
+        phi_status__in=[ReviewItem.PhiStatus.CLEAR, ReviewItem.PhiStatus.RELEASED],
         outcome__in=[ReviewItem.Outcome.APPROVED, ReviewItem.Outcome.CORRECTED])
         .select_related("consultation").prefetch_related("consultation__passages")
         .order_by("consultation_id"))

@@ -16,9 +16,10 @@ __all__ += ["EvalResult", "EvalRun", "PromotionDecision"]
 
 from clinic.models.review import (  # noqa: E402
     ExportBatch,
+    PhiClearance,
     ReviewDecision,
     ReviewItem,
     ReviewReason,
 )
 
-__all__ += ["ExportBatch", "ReviewDecision", "ReviewItem", "ReviewReason"]
+__all__ += ["ExportBatch", "PhiClearance", "ReviewDecision", "ReviewItem", "ReviewReason"]

@@ -59,6 +59,8 @@ class ReviewItem(models.Model):
         UNCHECKED = "unchecked", "Not checked"
         CLEAR = "clear", "De-identified"
         HELD = "held", "Held: the PHI gate was unsure"
+        RELEASED = "released", "Released by an admin after a PHI check"
+        EXCLUDED = "excluded", "Kept out of exports by an admin (PHI)"
 
     consultation = models.OneToOneField("clinic.Consultation", on_delete=models.PROTECT,
                                         related_name="review_item")
@@ -157,6 +159,44 @@ class ReviewDecision(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise TypeError("Review decisions are immutable and are never deleted.")
+
+
+class PhiClearance(models.Model):
+    """An admin's decision on an item the PHI gate held: the de-identified texts they approved
+    for export, or "keep it out". Write-once; it only applies while the item's source texts are
+    the ones the admin saw (source_sha256), so a later correction is checked again."""
+
+    class Decision(models.TextChoices):
+        RELEASE = "release", "Release the de-identified text for export"
+        EXCLUDE = "exclude", "Keep out of every export"
+
+    item = models.ForeignKey(ReviewItem, on_delete=models.PROTECT, related_name="phi_clearances")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                   related_name="+")
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    source_sha256 = models.CharField(max_length=64)
+    # What the gate was unsure about when the admin looked.
+    unsure = models.JSONField(default=list)
+    # {"question", "patient_note", "final_answer", "model_answer"}: approved de-identified texts.
+    texts = models.JSONField(default=dict, blank=True)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = ImmutableQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"PHI {self.decision} on item {self.item_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise TypeError("PHI clearances are immutable: record a new one instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise TypeError("PHI clearances are immutable and are never deleted.")
 
 
 class ExportBatch(models.Model):

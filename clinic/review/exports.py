@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db.models import Count, Prefetch, Q
 
 from clinic.models import Claim, RetrievedPassage, ReviewDecision, ReviewItem
-from clinic.models.review import ExportBatch
+from clinic.models.review import ExportBatch, PhiClearance
 from clinic.review import conf
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,9 @@ def _candidates() -> Any:
                 Prefetch("consultation__passages",
                          queryset=RetrievedPassage.objects.order_by("rank")),
                 Prefetch("consultation__claims", queryset=Claim.objects.order_by("position")),
-                Prefetch("decisions", queryset=ReviewDecision.objects.order_by("created_at", "id")))
+                Prefetch("decisions", queryset=ReviewDecision.objects.order_by("created_at", "id")),
+                Prefetch("phi_clearances",
+                         queryset=PhiClearance.objects.order_by("created_at", "id")))
             .annotate(review_count=Count("decisions", filter=Q(decisions__is_adjudication=False)))
             .order_by("consultation_id"))
 
@@ -176,22 +178,54 @@ class Scrubbed:
     unsure: list[str]
 
 
-def _scrub_item(item: ReviewItem) -> Scrubbed:
+TEXT_FIELDS = ("question", "patient_note", "final_answer", "model_answer")
+
+
+def source_texts(item: ReviewItem) -> dict[str, str]:
+    """The free texts of an item as stored, before de-identification."""
+    consultation = item.consultation
+    return {"question": consultation.question, "patient_note": consultation.patient_note,
+            "final_answer": item.final_answer_text or consultation.answer_text,
+            "model_answer": consultation.answer_text}
+
+
+def source_sha256(item: ReviewItem) -> str:
+    return hashlib.sha256(canonical_line(source_texts(item))).hexdigest()
+
+
+def current_clearance(item: ReviewItem) -> PhiClearance | None:
+    """The latest admin decision on this item's PHI hold, if it is about the texts as they are."""
+    clearances = list(item.phi_clearances.all())
+    if not clearances:
+        return None
+    latest = clearances[-1]
+    return latest if latest.source_sha256 == source_sha256(item) else None
+
+
+def _scrub_texts(texts: dict[str, str], *, trust_unsure: bool = False) -> Scrubbed:
     from clinic.review.phi import scrub
 
-    consultation = item.consultation
     redactions: Counter[str] = Counter()
     unsure: list[str] = []
-    texts = {}
-    for name, text in (("question", consultation.question),
-                       ("patient_note", consultation.patient_note),
-                       ("final_answer", item.final_answer_text or consultation.answer_text),
-                       ("model_answer", consultation.answer_text)):
-        result = scrub(text)
-        texts[name] = result.text
+    scrubbed = {}
+    for name in TEXT_FIELDS:
+        result = scrub(texts.get(name, ""))
+        scrubbed[name] = result.text
         redactions.update(finding.kind for finding in result.findings)
-        unsure += [f"{name}: {reason}" for reason in result.unsure]
-    return Scrubbed(redactions=redactions, unsure=sorted(set(unsure)), **texts)
+        if not trust_unsure:
+            unsure += [f"{name}: {reason}" for reason in result.unsure]
+    return Scrubbed(redactions=redactions, unsure=sorted(set(unsure)), **scrubbed)
+
+
+def scrub_item(item: ReviewItem) -> Scrubbed:
+    return _scrub_texts(source_texts(item))
+
+
+def _cleared_texts(clearance: PhiClearance) -> Scrubbed:
+    """The admin's approved texts, run through the gate once more for what it is sure of: a
+    person decided what the gate could not, but a pattern (a phone number typed in while
+    editing) is still removed."""
+    return _scrub_texts(clearance.texts, trust_unsure=True)
 
 
 def _record(fmt: str, item: ReviewItem, scrubbed: Scrubbed) -> dict[str, Any]:
@@ -247,7 +281,7 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
     models: set[str] = set()
     prompt_versions: set[str] = set()
     reviewers: set[str] = set()
-    held_ids: list[int] = []
+    held_ids: dict[int, list[str]] = {}
     clear_ids: list[int] = []
     wanted_split = "eval" if fmt == ExportBatch.Format.EVAL else "train"
     for position, item in enumerate(items):
@@ -277,12 +311,20 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
         if not _wanted(fmt, item):
             counts["not_applicable"] += 1
             continue
-        scrubbed = _scrub_item(item)
+        scrubbed = scrub_item(item)
         if scrubbed.unsure:
-            counts["phi_held"] += 1
-            held_ids.append(item.pk)
-            continue
-        clear_ids.append(item.pk)
+            clearance = current_clearance(item)
+            if clearance is None:
+                counts["phi_held"] += 1
+                held_ids[item.pk] = scrubbed.unsure
+                continue
+            if clearance.decision == PhiClearance.Decision.EXCLUDE:
+                counts["phi_excluded_by_admin"] += 1
+                continue
+            counts["phi_released_by_admin"] += 1
+            scrubbed = _cleared_texts(clearance)
+        else:
+            clear_ids.append(item.pk)
         if scrubbed.redactions:
             counts["phi_redacted_records"] += 1
             redactions.update(scrubbed.redactions)
@@ -295,7 +337,9 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
                          for decision in item.decisions.all())
     counts["exported"] = len(lines)
     if mark_held:
-        ReviewItem.objects.filter(pk__in=held_ids).update(phi_status=ReviewItem.PhiStatus.HELD)
+        for item_id, unsure in held_ids.items():
+            ReviewItem.objects.filter(pk=item_id).update(phi_status=ReviewItem.PhiStatus.HELD,
+                                                         phi_findings=unsure)
         ReviewItem.objects.filter(pk__in=clear_ids).update(phi_status=ReviewItem.PhiStatus.CLEAR)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +364,8 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
         "counts": dict(sorted(counts.items())),
         "phi": {"gate": "presidio-analyzer patterns + clinic.review.phi rules + names-dataset",
                 "held_for_human": counts["phi_held"],
+                "released_by_admin": counts["phi_released_by_admin"],
+                "excluded_by_admin": counts["phi_excluded_by_admin"],
                 "redactions_by_kind": dict(sorted(redactions.items()))},
         "model_versions": sorted(models),
         "prompt_versions": sorted(prompt_versions),

@@ -48,3 +48,13 @@ class ExportForm(forms.Form):
     format = forms.ChoiceField(choices=ExportBatch.Format.choices)
     since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     min_reviews = forms.IntegerField(min_value=1, max_value=10, initial=1)
+
+
+class PhiClearanceForm(forms.Form):
+    decision = forms.ChoiceField(choices=[("release", "Release for export"),
+                                          ("exclude", "Keep out of exports")])
+    question = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
+    patient_note = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    final_answer = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 5}))
+    model_answer = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 5}))
+    note = forms.CharField(required=False, max_length=2000)

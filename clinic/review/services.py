@@ -353,3 +353,47 @@ def review_item_set_specialty(*, item_id: int, reviewer: User, specialty: str) -
 def holds_claim(item: ReviewItem, reviewer: User) -> bool:
     return bool(item.claimed_by_id == reviewer.pk and item.claim_expires_at
                 and item.claim_expires_at >= timezone.now())
+
+
+# --- PHI holds -----------------------------------------------------------------------------
+
+def phi_clearance_record(*, item_id: int, admin: User, decision: str,
+                         texts: dict[str, str] | None = None, note: str = "") -> Any:
+    """An admin's decision on an item the PHI gate held. "release" exports the texts the admin
+    approved (as shown, de-identified, edited further where needed); "exclude" keeps the item
+    out of every export. Stored before the item's status says so."""
+    from clinic.models import PhiClearance
+    from clinic.review.exports import TEXT_FIELDS, scrub_item, source_sha256
+
+    if not is_admin(admin):
+        raise ReviewError("Only admins can release an item held by the PHI gate.")
+    if decision not in PhiClearance.Decision.values:
+        raise ReviewError("Choose release or exclude.")
+    with transaction.atomic():
+        item = (ReviewItem.objects.select_for_update(of=("self",))
+                .select_related("consultation").filter(pk=item_id).first())
+        if item is None:
+            raise ReviewError("No such review item.")
+        if item.phi_status != ReviewItem.PhiStatus.HELD:
+            raise ReviewConflict("This item is not held by the PHI gate (any more); "
+                                 "reload the list.")
+        scrubbed = scrub_item(item)
+        approved: dict[str, str] = {}
+        if decision == PhiClearance.Decision.RELEASE:
+            texts = texts or {}
+            for name in TEXT_FIELDS:
+                original = getattr(scrubbed, name)
+                value = texts.get(name, original)
+                if original.strip() and not value.strip():
+                    raise ReviewError(f"The {name.replace('_', ' ')} cannot be emptied; "
+                                      "replace identifiers with [NAME], [LOCATION]… instead.")
+                approved[name] = value.replace("\r\n", "\n")
+        clearance = PhiClearance.objects.create(
+            item=item, decided_by=admin, decision=decision, source_sha256=source_sha256(item),
+            unsure=scrubbed.unsure, texts=approved, note=note.strip())
+        item.phi_status = (ReviewItem.PhiStatus.RELEASED
+                           if decision == PhiClearance.Decision.RELEASE
+                           else ReviewItem.PhiStatus.EXCLUDED)
+        item.save(update_fields=["phi_status", "updated_at"])
+    logger.info("PHI hold on review item %s: %s by user %s", item_id, decision, admin.pk)
+    return clearance

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from clinic.models import ExportBatch, ReviewItem
 from clinic.models.review import ErrorCategory
 from clinic.review import charts, selectors, services
-from clinic.review.forms import DecisionForm, ExportForm, QueueFilterForm
+from clinic.review.forms import DecisionForm, ExportForm, PhiClearanceForm, QueueFilterForm
 from clinic.roles import is_admin, is_reviewer
 
 View = Callable[..., HttpResponse]
@@ -226,3 +226,47 @@ def export_download(request: HttpRequest, batch_id: int, kind: str) -> FileRespo
         raise Http404("The export file is no longer on disk.")
     return FileResponse(path.open("rb"), as_attachment=True,
                         filename=f"export-{batch.pk}-{name}")
+
+
+@require_GET
+@admin_required
+def phi_holds(request: HttpRequest) -> HttpResponse:
+    """Items the PHI gate held at the last export, with the texts as they would leave."""
+    from clinic.review.exports import scrub_item
+
+    items = list(ReviewItem.objects.filter(phi_status=ReviewItem.PhiStatus.HELD)
+                 .select_related("consultation").order_by("resolved_at", "id")[:50])
+    held = []
+    for item in items:
+        scrubbed = scrub_item(item)
+        held.append({"item": item, "unsure": scrubbed.unsure,
+                     "texts": [(name, label, getattr(scrubbed, name)) for name, label in (
+                         ("question", "Question"), ("patient_note", "Patient note"),
+                         ("final_answer", "Reviewed answer"),
+                         ("model_answer", "Model's original answer"))]})
+    return render(request, "review/phi_holds.html", {
+        "held": held,
+        "total": ReviewItem.objects.filter(phi_status=ReviewItem.PhiStatus.HELD).count()})
+
+
+@require_POST
+@admin_required
+def phi_clear(request: HttpRequest, item_id: int) -> HttpResponse:
+    form = PhiClearanceForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose release or exclude.")
+        return redirect("review:phi_holds")
+    data = form.cleaned_data
+    try:
+        services.phi_clearance_record(
+            item_id=item_id, admin=request.user,  # type: ignore[arg-type]
+            decision=data["decision"], note=data["note"],
+            texts={name: data[name] for name in
+                   ("question", "patient_note", "final_answer", "model_answer")})
+    except services.ReviewError as error:
+        messages.error(request, f"Item {item_id}: {error.message}")
+        return redirect("review:phi_holds")
+    messages.success(request, f"Item {item_id}: " + (
+        "released; the next export includes it." if data["decision"] == "release"
+        else "kept out of every export."))
+    return redirect("review:phi_holds")

@@ -11,6 +11,7 @@ from clinic.models import ExportBatch, ReviewItem
 from clinic.review.exports import build_export, split_of, verify_export
 from clinic.review.services import (
     ClaimEdit,
+    ReviewError,
     enqueue_for_review,
     review_item_claim,
     review_item_decide,
@@ -146,5 +147,87 @@ def test_identifiers_are_redacted_and_unsure_items_held_for_a_human(reviewed, tm
     assert "[NAME]" in user and "[MRN]" in user and "[PHONE]" in user
     assert result.counts["phi_held"] == 1
     assert result.manifest["phi"]["held_for_human"] == 1
+    held.refresh_from_db()
+    assert held.phi_status == ReviewItem.PhiStatus.HELD
+
+
+def test_an_admin_releases_a_held_item_with_the_text_they_checked(
+        reviewed, tmp_path, admin_user, client):
+    from clinic.models import PhiClearance
+    from clinic.review.services import phi_clearance_record
+
+    held = reviewed("Is the water in 02139 safe for dialysis patients?")
+    build_export(fmt="sft", out_dir=tmp_path / "first")
+    held.refresh_from_db()
+    assert held.phi_status == ReviewItem.PhiStatus.HELD
+    assert held.phi_findings == ["question: a bare five-digit number (a ZIP code?)"]
+
+    client.force_login(admin_user)
+    page = client.get("/review/phi-holds/").content.decode()
+    assert "a bare five-digit number" in page and "Is the water in 02139 safe" in page
+    response = client.post(f"/review/phi-holds/{held.pk}/clear", {
+        "decision": "release", "note": "A ZIP code: redacted by hand.",
+        "question": "Is the water in [ZIP] safe for dialysis patients? Call 617-555-0199.",
+        "final_answer": "Aspirin lowers recurrent stroke by 22% [1].",
+        "model_answer": "Aspirin helps [1]."})
+    assert response.status_code == 302
+    clearance = PhiClearance.objects.get()
+    assert (clearance.decision, clearance.decided_by, clearance.note) == (
+        "release", admin_user, "A ZIP code: redacted by hand.")
+    held.refresh_from_db()
+    assert held.phi_status == ReviewItem.PhiStatus.RELEASED
+    with pytest.raises(TypeError):
+        clearance.save()
+
+    result = build_export(fmt="sft", out_dir=tmp_path / "second")
+    [record] = read_jsonl(result.path)
+    user = record["messages"][1]["content"]
+    # The admin's text is exported; a phone number typed in while editing is still removed.
+    assert "Is the water in [ZIP] safe for dialysis patients? Call [PHONE]." in user
+    assert "02139" not in user and "617-555-0199" not in user
+    assert result.manifest["phi"]["released_by_admin"] == 1
+    assert result.counts.get("phi_held", 0) == 0
+    # Nothing left to check.
+    assert "No item is held" in client.get("/review/phi-holds/").content.decode()
+    with pytest.raises(ReviewError):
+        phi_clearance_record(item_id=held.pk, admin=admin_user, decision="exclude")
+
+
+def test_a_release_no_longer_applies_once_the_texts_change(reviewed, tmp_path, admin_user,
+                                                           reviewer):
+    from clinic.review.services import phi_clearance_record
+
+    held = reviewed("Is the water in 02139 safe for dialysis patients?")
+    build_export(fmt="sft", out_dir=tmp_path / "first")
+    phi_clearance_record(item_id=held.pk, admin=admin_user, decision="exclude",
+                         note="Cannot tell.")
+    result = build_export(fmt="sft", out_dir=tmp_path / "second")
+    assert result.counts["phi_excluded_by_admin"] == 1 and result.counts["exported"] == 0
+    # The answer is corrected later: the admin never saw these texts, so the item is held again.
+    ReviewItem.objects.filter(pk=held.pk).update(final_answer_text="Boil it first [1].")
+    result = build_export(fmt="sft", out_dir=tmp_path / "third")
+    assert result.counts["phi_held"] == 1
+    held.refresh_from_db()
+    assert held.phi_status == ReviewItem.PhiStatus.HELD
+
+
+def test_only_admins_clear_holds_and_a_release_cannot_empty_a_text(
+        reviewed, tmp_path, admin_user, reviewer, client):
+    from clinic.models import PhiClearance
+    from clinic.review.services import phi_clearance_record
+
+    held = reviewed("Is the water in 02139 safe for dialysis patients?")
+    build_export(fmt="sft", out_dir=tmp_path)
+    client.force_login(reviewer)
+    assert client.get("/review/phi-holds/").status_code == 403
+    assert client.post(f"/review/phi-holds/{held.pk}/clear",
+                       {"decision": "release"}).status_code == 403
+    with pytest.raises(ReviewError, match="Only admins"):
+        phi_clearance_record(item_id=held.pk, admin=reviewer, decision="release")
+    client.force_login(admin_user)
+    response = client.post(f"/review/phi-holds/{held.pk}/clear",
+                           {"decision": "release", "question": "  "}, follow=True)
+    assert "cannot be emptied" in response.content.decode()
+    assert not PhiClearance.objects.exists()
     held.refresh_from_db()
     assert held.phi_status == ReviewItem.PhiStatus.HELD

@@ -27,7 +27,9 @@ def review_urls(item):
             ("post", reverse("review:decide", args=[item.pk])),
             ("get", reverse("review:dashboard")), ("post", reverse("review:export_create")),
             ("get", reverse("review:export_status", args=[batch.pk])),
-            ("get", reverse("review:export_download", args=[batch.pk, "data"]))]
+            ("get", reverse("review:export_download", args=[batch.pk, "data"])),
+            ("get", reverse("review:phi_holds")),
+            ("post", reverse("review:phi_clear", args=[item.pk]))]
 
 
 def test_a_clinician_gets_a_404_on_every_review_url(client, clinician, item):
