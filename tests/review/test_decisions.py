@@ -133,3 +133,19 @@ def test_decisions_cannot_be_changed_or_deleted(item, reviewer):
     with pytest.raises(TypeError):
         ReviewDecision.objects.all().delete()
     assert ReviewDecision.objects.get(pk=decision.pk).kind == "approve"
+
+
+
+def test_the_database_itself_refuses_to_change_a_decision(item, reviewer):
+    from django.db import DatabaseError, connection, transaction
+
+    review_item_claim(item_id=item.pk, reviewer=reviewer)
+    decision = review_item_decide(item_id=item.pk, reviewer=reviewer, kind="approve")
+    statements = ["UPDATE clinic_reviewdecision SET kind = 'reject' WHERE id = %s"]
+    if connection.vendor == "postgresql":  # SQLite's flush deletes rows, so it guards updates
+        statements.append("DELETE FROM clinic_reviewdecision WHERE id = %s")
+    for statement in statements:
+        with pytest.raises(DatabaseError, match="immutable"), transaction.atomic(), \
+                connection.cursor() as cursor:
+            cursor.execute(statement, [decision.pk])
+    assert ReviewDecision.objects.get(pk=decision.pk).kind == "approve"
