@@ -6,6 +6,7 @@ import hashlib
 import json
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -111,3 +112,31 @@ def test_missing_gold_articles_name_the_ingest_command(tiny_index: Path, tmp_pat
     with pytest.raises(CommandError, match=rf"manage.py ingest {path}"):
         call_command("evaluate", "--suite", "pubmedqa", "--data", str(path))
     assert not EvalRun.objects.exists()
+
+
+def test_a_server_that_honours_json_schema_gets_guided_choices(
+        tiny_index: Path, settings: Any) -> None:
+    """Against a double that answers like vLLM with a json_schema response_format (the real
+    `transformers serve` path, which rejects the field, is the first test in this file)."""
+    from tests.modelsvc.doubles import ModelServerDouble, Reply, completion
+
+    replies = [Reply(body=completion('{"answer": "A"}')),  # the probe
+               Reply(body=completion('{"answer": "A"}')),
+               Reply(body=completion('{"answer": "B"}')),
+               Reply(body=completion('{"answer": "Z"}')),  # outside the enum: unparseable
+               Reply(body=completion('{"answer": "A"}'))]
+    with ModelServerDouble(replies) as double:
+        settings.MODEL_BASE_URL, settings.MODEL_NAME = double.base_url, "vllm-like"
+        summary = _evaluate("--suite", "mirage", "--data", str(MIRAGE), "--limit", "2",
+                            "--concurrency", "1")
+    run = EvalRun.objects.get(pk=summary["id"])
+    assert run.status == "complete", run.error_message
+    assert run.options["structured_output"] is True
+    answered = double.requests[1:]
+    assert len(answered) == 4
+    for body in answered:
+        schema = body["response_format"]["json_schema"]["schema"]
+        assert schema["properties"]["answer"]["enum"] == ["A", "B", "C", "D"]
+    outcomes = sorted(run.results.values_list("outcome", flat=True))
+    assert outcomes.count("unparseable") == 1
+    assert run.metrics["headline"]["unparseable"] == 1
