@@ -110,13 +110,32 @@ class ReviewItem(models.Model):
 
 class ImmutableQuerySet(models.QuerySet):
     def update(self, **kwargs: Any) -> int:
-        raise TypeError("Review decisions are immutable: record a new decision instead.")
+        raise TypeError("These records are immutable: record a new one instead.")
 
     def delete(self) -> tuple[int, dict[str, int]]:
-        raise TypeError("Review decisions are immutable and are never deleted.")
+        raise TypeError("These records are immutable and are never deleted.")
 
 
-class ReviewDecision(models.Model):
+class WriteOnce(models.Model):
+    """A record of what a person decided: created once, never changed or deleted (the database
+    refuses too: see migration 0007)."""
+
+    objects = ImmutableQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise TypeError(f"{self._meta.verbose_name} records are immutable: "
+                            "record a new one instead.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        raise TypeError(f"{self._meta.verbose_name} records are immutable and never deleted.")
+
+
+class ReviewDecision(WriteOnce):
     """What one reviewer decided about one item, with the answer before and after. Write-once."""
 
     class Kind(models.TextChoices):
@@ -139,8 +158,6 @@ class ReviewDecision(models.Model):
     after = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
-    objects = ImmutableQuerySet.as_manager()
-
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [
@@ -152,16 +169,8 @@ class ReviewDecision(models.Model):
     def __str__(self) -> str:
         return f"{self.get_kind_display()} on item {self.item_id}"
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None:
-            raise TypeError("Review decisions are immutable: record a new decision instead.")
-        super().save(*args, **kwargs)
 
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        raise TypeError("Review decisions are immutable and are never deleted.")
-
-
-class PhiClearance(models.Model):
+class PhiClearance(WriteOnce):
     """An admin's decision on an item the PHI gate held: the de-identified texts they approved
     for export, or "keep it out". Write-once; it only applies while the item's source texts are
     the ones the admin saw (source_sha256), so a later correction is checked again."""
@@ -182,21 +191,11 @@ class PhiClearance(models.Model):
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
-    objects = ImmutableQuerySet.as_manager()
-
     class Meta:
         ordering = ["created_at", "id"]
 
     def __str__(self) -> str:
         return f"PHI {self.decision} on item {self.item_id}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None:
-            raise TypeError("PHI clearances are immutable: record a new one instead.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
-        raise TypeError("PHI clearances are immutable and are never deleted.")
 
 
 class ExportBatch(models.Model):
