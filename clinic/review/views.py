@@ -209,7 +209,8 @@ def export_status(request: HttpRequest, batch_id: int) -> JsonResponse:
     batch = ExportBatch.objects.filter(pk=batch_id).first()
     if batch is None:
         raise Http404("No such export.")
-    return JsonResponse({"id": batch.pk, "status": batch.status, "progress": batch.progress,
+    return JsonResponse({"id": batch.pk, "status": batch.status,
+                         "status_label": batch.get_status_display(), "progress": batch.progress,
                          "error": batch.error_message, "counts": batch.counts,
                          "done": batch.status == ExportBatch.Status.DONE})
 

@@ -24,7 +24,7 @@
         .then(function (response) { return response.json(); })
         .then(function (data) {
           row.querySelector("progress").value = data.progress;
-          row.querySelector(".export-status").textContent = data.status;
+          row.querySelector(".export-status").textContent = data.status_label;
           if (data.status === "done" || data.status === "failed") {
             clearInterval(timer);
             window.location.reload();
