@@ -49,7 +49,8 @@ def bar_chart(points: list[tuple[str, float]], *, title: str, color: str = "#0b5
 def line_chart(points: list[tuple[str, float]], *, title: str,
                color: str = "#a11d2b", label_every: int = 5) -> SafeString:
     top = _nice_max(max((value for _, value in points), default=0))
-    plot_w, plot_h = WIDTH - PAD_LEFT - 8, HEIGHT - PAD_BOTTOM - PAD_TOP
+    # Room on the right for half of the last x label, centred on the last point.
+    plot_w, plot_h = WIDTH - PAD_LEFT - 24, HEIGHT - PAD_BOTTOM - PAD_TOP
     step = plot_w / max(len(points) - 1, 1)
     coords = [(PAD_LEFT + index * step, PAD_TOP + plot_h - (plot_h * value / top if top else 0))
               for index, (_, value) in enumerate(points)]
