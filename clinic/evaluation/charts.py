@@ -10,7 +10,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 WIDTH, HEIGHT = 720, 260
-LEFT, RIGHT, TOP, BOTTOM = 48, 170, 16, 40
+LEFT, RIGHT, TOP, BOTTOM = 48, 210, 16, 40
 PALETTE = ("#0b5cad", "#c2410c", "#1e6b35", "#7c3aed", "#a11d2b", "#0e7490")
 
 # Published figures from the data README (for comparison, not targets).

@@ -119,7 +119,9 @@ def _subset_bars(run: EvalRun) -> list[dict[str, Any]]:
             references = [(f"{name}: {label}", value) for name, _v, _l, _h in bars
                           for label, value in charts.REFERENCE_FIGURES.get(name, [])[:1]
                           if run.suite == "mirage"]
-            rendered.append({"condition": condition, "svg": charts.bar_chart(
+            label = {"retrieval": "with retrieval",
+                     "no_retrieval": "without retrieval"}.get(condition, condition)
+            rendered.append({"condition": condition, "label": label, "svg": charts.bar_chart(
                 f"{run.suite} ({condition}): accuracy per subset", bars, references)})
     return rendered
 
