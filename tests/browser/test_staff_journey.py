@@ -376,3 +376,45 @@ def test_an_admin_starts_an_evaluation_run_and_watches_it_finish_on_a_real_worke
     listed = page.locator("section.card", has=page.locator("h2:text-is('Questions')"))
     assert listed.locator("tbody tr").count() == 4
     page.screenshot(path=str(artifacts_dir / "evaluation-run.png"), full_page=True)
+
+
+# --- an admin clears an item the PHI gate held ----------------------------------------------
+
+def test_an_admin_releases_a_phi_hold_on_a_phone(
+        browser: Any, asgi_live_server: str, benchmark_dir: Path, tmp_path: Path,
+        settings: Any, artifacts_dir: Path) -> None:
+    from clinic.models import PhiClearance
+    from clinic.review.exports import build_export
+
+    settings.EXPORT_EVAL_PERCENT = 0
+    clinician = _user("dr_kim", "clinician")
+    reviewer = _user("rev_lee", "reviewer")
+    admin = _user("admin_max", "admin", is_staff=True, is_superuser=True)
+    item = enqueue_for_review(consultation_id=_answered(
+        clinician, "Is the tap water in 02139 safe for dialysis patients?").pk)
+    assert item is not None
+    review_item_claim(item_id=item.pk, reviewer=reviewer)
+    review_item_decide(item_id=item.pk, reviewer=reviewer, kind="approve")
+    assert build_export(fmt="sft", out_dir=tmp_path / "first").counts["phi_held"] == 1
+
+    page = _log_in(browser, asgi_live_server, "admin_max", "/review/phi-holds/", mobile=True)
+    card = page.locator(f"#hold-{item.pk}")
+    assert "a bare five-digit number" in card.inner_text()
+    question = card.locator("textarea[name=question]")
+    assert question.input_value() == "Is the tap water in 02139 safe for dialysis patients?"
+    width, viewport = _overflow(page)
+    assert width <= viewport + 1, f"the page is {width}px wide on a {viewport}px phone"
+    page.screenshot(path=str(artifacts_dir / "phi-holds-phone.png"), full_page=True)
+    question.fill("Is the tap water in [ZIP] safe for dialysis patients?")
+    card.locator("input[name=note]").fill("ZIP code redacted by hand.")
+    card.locator("button[value=release]").click()
+    page.wait_for_load_state()
+    assert "released; the next export includes it" in page.inner_text("body")
+    assert "No item is held" in page.inner_text("body")
+
+    clearance = PhiClearance.objects.get()
+    assert (clearance.item_id, clearance.decided_by, clearance.decision) == (
+        item.pk, admin, "release")
+    result = build_export(fmt="sft", out_dir=tmp_path / "second")
+    exported = (tmp_path / "second" / "sft.jsonl").read_text()
+    assert result.counts["exported"] == 1 and "[ZIP]" in exported and "02139" not in exported
