@@ -17,7 +17,7 @@ from clinic.models import (
 class PassageInline(admin.TabularInline):
     model = RetrievedPassage
     extra = 0
-    fields = ["rank", "pmid", "title", "score", "retracted", "sub_question"]
+    fields = ("rank", "pmid", "title", "score", "retracted", "sub_question")
     readonly_fields = fields
     can_delete = False
 
@@ -25,7 +25,7 @@ class PassageInline(admin.TabularInline):
 class ClaimInline(admin.TabularInline):
     model = Claim
     extra = 0
-    fields = ["position", "text", "citations", "support_score", "supported"]
+    fields = ("position", "text", "citations", "support_score", "supported")
     readonly_fields = fields
     can_delete = False
 
@@ -33,7 +33,7 @@ class ClaimInline(admin.TabularInline):
 class StepInline(admin.TabularInline):
     model = DeepConsultStep
     extra = 0
-    fields = ["position", "kind", "status", "tokens", "started_at", "finished_at"]
+    fields = ("position", "kind", "status", "tokens", "started_at", "finished_at")
     readonly_fields = fields
     can_delete = False
 

@@ -241,8 +241,8 @@ async def consultation_events(consultation_id: int) -> AsyncIterator[dict[str, A
                 restarted = event["event"] == "restarted"
             if not restarted:
                 return
-        while (event := await queue.get()) is not None:
-            yield event
+        while (queued := await queue.get()) is not None:
+            yield queued
     finally:
         _subscribers[consultation_id].remove(queue)
         if not _subscribers[consultation_id]:

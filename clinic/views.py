@@ -68,7 +68,10 @@ def consultation_detail(request: HttpRequest, consultation_id: int) -> HttpRespo
         "snapshot": snapshot,
         "feedback_form": FeedbackForm(),
         "own": consultation.user_id == request.user.pk,
-        "feedback_given": consultation.feedback.filter(user=request.user).exists(),
+        # django-stubs types request.user as User | AnonymousUser; the login middleware
+        # (LoginRequiredEverywhereMiddleware) lets only logged-in users reach this view.
+        "feedback_given": consultation.feedback.filter(
+            user=request.user).exists(),  # type: ignore[misc]
     })
 
 
@@ -87,9 +90,11 @@ async def consultation_events(request: HttpRequest, consultation_id: int) -> Htt
     """Server-sent events: the snapshot, then tokens as they are generated, then the final state."""
     from clinic.quick import consultation_events as events
 
+    # django-stubs types the user as User | AnonymousUser; LoginRequiredEverywhereMiddleware
+    # lets only logged-in users reach this view.
     user = await request.auser()
     consultation = await sync_to_async(consultation_for_user)(consultation_id=consultation_id,
-                                                              user=user)
+                                                              user=user)  # type: ignore[arg-type]
     if consultation.mode != Consultation.Mode.QUICK or consultation.user_id != user.pk:
         async def snapshot_only() -> AsyncIterator[str]:
             snapshot = await sync_to_async(consultation_snapshot)(consultation.pk)

@@ -30,11 +30,12 @@ def held_out_items() -> tuple[list[EvalItem], str]:
     rows, source = _eval_split_from_review_items()
     items = []
     for row in rows:
-        reference = {"answer": str(row["answer"]),
-                     "cited_pmids": sorted({str(p) for p in row.get("cited_pmids", [])})}
+        answer = str(row["answer"])
+        cited_pmids = sorted({str(p) for p in row.get("cited_pmids", [])})
+        reference = {"answer": answer, "cited_pmids": cited_pmids}
         items.append(EvalItem(item_id=str(row["id"])[:64], question=str(row["question"]),
-                              gold=reference["answer"], subset=str(row.get("decision", ""))[:32],
-                              gold_pmids=tuple(reference["cited_pmids"]), reference=reference))
+                              gold=answer, subset=str(row.get("decision", ""))[:32],
+                              gold_pmids=tuple(cited_pmids), reference=reference))
     return items, str(source)
 
 

@@ -208,7 +208,8 @@ def _presidio() -> Any:
         """Tokenisation only: the pattern recognizers need no trained model."""
 
         def load(self) -> None:
-            self.nlp = {"en": spacy.blank("en")}
+            # presidio ships py.typed but sets `self.nlp = None` unannotated: mypy types it None.
+            self.nlp = {"en": spacy.blank("en")}  # type: ignore[assignment]
 
     # It warns once per recognizer for every language we did not ask for.
     logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
@@ -265,7 +266,7 @@ _LABELLED = [
      r"identifier|ID)(?:\s*(?:number|no\.?|#|id))?\s*[:#]?\s*(?:is\s+)?" + _ID_VALUE),
 ]
 
-_PATTERNS = [
+_PATTERNS: list[tuple[str, str, str | int]] = [
     ("EMAIL", r"\b[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+\b", 0),
     ("URL", r"\b(?:https?://|ftp://|www\.)[^\s<>\"')\]]+", 0),
     ("URL", r"\b[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.(?:com|org|net|edu|gov|io|info|biz|health|"
@@ -325,8 +326,9 @@ _NAME_TITLES = re.compile(
     r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Professor|Nurse|Sister|Brother|Father|Rev|Sr|Sra|Mme|"
     r"Mlle|Herr|Frau)\.?\s+(?P<value>(?:[A-Z]\.\s?)?" + _CAP + r"(?:\s+(?:[A-Z]\.\s?)?" + _CAP
     + r"){0,2})")
+# The cue matches in any case ("Signed: Reyes", "CC: Hughes"); the name must be capitalised.
 _NAME_CONTEXT = re.compile(
-    r"\b(?:patient|pt|named|name is|name:|called|husband|wife|son|daughter|mother|father|"
+    r"\b(?i:patient|pt|named|name is|name:|called|husband|wife|son|daughter|mother|father|"
     r"brother|sister|spouse|partner|caregiver|carer|guardian|granddaughter|grandson|niece|"
     r"nephew|friend|neighbou?r|colleague|referred by|seen by|signed|attending|resident|"
     r"surgeon|physician|GP|nurse|midwife|contact|cc|regards|thanks|from|to|with|"
@@ -391,7 +393,8 @@ def _name_findings(text: str) -> tuple[list[Finding], list[tuple[int, int]]]:
             kept.append(word)
         if not kept:
             continue
-        looks_named = any(_is_name_word(w.rstrip("'’s"), any_name) for w in kept)
+        # Drop a possessive ("Hughes's", "Hughes'") only: rstrip("'’s") made "Hughes" "Hughe".
+        looks_named = any(_is_name_word(re.sub(r"['’]s?$", "", w), any_name) for w in kept)
         if looks_named:
             end = match.start("value") + len(" ".join(kept))
             add(match.start("value"), end, "context")
@@ -404,15 +407,16 @@ def _name_findings(text: str) -> tuple[list[Finding], list[tuple[int, int]]]:
         if _is_name_word(surname, last_names):
             add(match.start("value"), match.end("value"), "initial")
     for match in _CAP_RUN.finditer(text):
-        words = [(m.start(), m.end(), m.group()) for m in re.finditer(_CAP, match.group())]
+        # (start, end, word) of each capitalised word, relative to the run.
+        spans = [(m.start(), m.end(), m.group()) for m in re.finditer(_CAP, match.group())]
         base = match.start()
-        for index, (start, end, word) in enumerate(words):
+        for index, (start, end, word) in enumerate(spans):
             word_start = base + start
             bare = re.sub(r"['’]s$", "", word)
-            following = words[index + 1][2] if index + 1 < len(words) else ""
+            following = spans[index + 1][2] if index + 1 < len(spans) else ""
             if _is_name_word(bare, first_names) and following and _is_name_word(
                     re.sub(r"['’]s$", "", following), last_names):
-                add(word_start, base + words[index + 1][1], "first-last")
+                add(word_start, base + spans[index + 1][1], "first-last")
             elif _is_name_word(bare, first_names) and not _at_sentence_start(text, word_start):
                 add(word_start, base + end, "first-name")
             elif (_is_name_word(bare, last_names) and not _at_sentence_start(text, word_start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -84,7 +85,7 @@ class Series:
     points: list[tuple[str, float]]
 
 
-def _daily(rows: list[dict[str, Any]], days: list[date]) -> list[tuple[str, float]]:
+def _daily(rows: Iterable[Mapping[str, Any]], days: list[date]) -> list[tuple[str, float]]:
     by_day = {row["day"]: row["n"] for row in rows}
     return [(day.isoformat(), float(by_day.get(day, 0))) for day in days]
 

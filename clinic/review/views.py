@@ -11,7 +11,14 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+)
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -21,12 +28,12 @@ from clinic.review import charts, selectors, services
 from clinic.review.forms import DecisionForm, ExportForm, PhiClearanceForm, QueueFilterForm
 from clinic.roles import is_admin, is_reviewer
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
 
 
 def reviewer_required(view: View) -> View:
     @functools.wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not is_reviewer(request.user):
             raise Http404("No such page.")
         return view(request, *args, **kwargs)
@@ -35,7 +42,7 @@ def reviewer_required(view: View) -> View:
 
 def admin_required(view: View) -> View:
     @functools.wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not is_reviewer(request.user):
             raise Http404("No such page.")
         if not is_admin(request.user):
@@ -183,7 +190,9 @@ def export_create(request: HttpRequest) -> HttpResponse:
         batch = ExportBatch.objects.create(format=form.cleaned_data["format"],
                                            since=form.cleaned_data["since"],
                                            min_reviews=form.cleaned_data["min_reviews"],
-                                           created_by=request.user)
+                                           # request.user is User | AnonymousUser to
+                                           # django-stubs; admin_required means a User.
+                                           created_by=request.user)  # type: ignore[misc]
         from clinic.review import conf
 
         batch.out_dir = str(conf.export_dir() / f"batch-{batch.pk}")

@@ -57,3 +57,25 @@ def test_years_ages_under_90_and_eponyms_survive():
 
 def test_an_ambiguous_number_makes_the_gate_unsure():
     assert scrub("Results came back from 02139 yesterday.").is_unsure
+
+
+@pytest.mark.parametrize("text, name", [
+    ("cc: Hughes", "Hughes"),
+    ("signed: Reyes", "Reyes"),
+    ("attending: Myers", "Myers"),
+    ("referred by: Simmons.", "Simmons"),
+    ("seen by: Hughes's team", "Hughes"),
+])
+def test_a_name_after_a_context_word_ending_in_s_is_removed(text, name):
+    # Only the possessive is stripped before the lexicon look-up, not every trailing "s".
+    assert name not in scrub(text).text
+
+
+@pytest.mark.parametrize("text, name", [
+    ("Signed: Reyes", "Reyes"),
+    ("CC: Hughes", "Hughes"),
+    ("Referred By Dr Simmons", "Simmons"),
+    ("PATIENT Maria Lopez was seen", "Lopez"),
+])
+def test_a_context_word_in_any_case_still_marks_the_name(text, name):
+    assert name not in scrub(text).text
