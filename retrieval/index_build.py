@@ -170,6 +170,16 @@ def _build_locked(*, index_type: str | None, force: bool) -> dict[str, Any]:
         retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B)
         retriever.index(corpus or [["<empty>"]], show_progress=False)
         retriever.save(str(work_dir / "bm25"))
+        # Document-level evidence: one BM25 document per article (title and whole abstract),
+        # rows in article id order, so terms spread over several chunks still count together.
+        documents: dict[int, list[str]] = {}
+        for r in rows:
+            documents.setdefault(r[1], [r[5] or ""]).append(r[3])
+        article_retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B)
+        article_retriever.index([lexical.tokenize(" ".join(documents[a])) or ["<empty>"]
+                                 for a in sorted(documents)] or [["<empty>"]],
+                                show_progress=False)
+        article_retriever.save(str(work_dir / "bm25_articles"))
         bm25_seconds = time.monotonic() - bm25_started
         manifest = {
             "version": version,
@@ -187,7 +197,7 @@ def _build_locked(*, index_type: str | None, force: bool) -> dict[str, Any]:
             "retracted_chunks": int(sum(bool(r[7]) for r in rows)),
             "publication_types": type_names,
             "bm25": {"library": "bm25s", "k1": BM25_K1, "b": BM25_B,
-                     "tokenizer": lexical.TOKENIZER_NAME},
+                     "tokenizer": lexical.TOKENIZER_NAME, "levels": ["chunk", "article"]},
             "chunks_embedded_during_build": embedded_now,
             "seconds": {"embeddings": round(embed_seconds, 2), "bm25": round(bm25_seconds, 2),
                         "total": round(time.monotonic() - started, 2)},

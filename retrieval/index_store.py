@@ -4,7 +4,8 @@ Layout under settings.INDEX_DIR:
 
     CURRENT                 the name of the version in use (swapped with os.replace)
     versions/<version>/     manifest.json, dense.faiss, vectors.f16.npy, chunk_ids.npy,
-                            article_ids.npy, years.npy, retracted.npy, pubtypes.npz, bm25/
+                            article_ids.npy, years.npy, retracted.npy, pubtypes.npz, bm25/ (one
+                            document per chunk), bm25_articles/ (one per article, in id order)
 
 A process loads a version once and keeps it. Before each search it stats CURRENT (a few
 microseconds); when the pointer changed, it loads the new version and swaps it in, so web and
@@ -90,6 +91,9 @@ class LoadedIndex:
     pubtype_positions: dict[str, np.ndarray]  # lower-case type -> positions (int32)
     bm25: Any  # bm25s.BM25
     vectors: np.ndarray  # float16 copy of the embeddings, for exact rescoring
+    article_bm25: Any = None  # bm25s.BM25, one row per article; None in versions before it
+    article_rows: np.ndarray = field(  # row of article_bm25 -> Article.id (sorted)
+        default_factory=lambda: np.zeros(0, dtype=np.int64))
     _masks: dict[tuple[Any, ...], np.ndarray | None] = field(default_factory=dict)
     _masks_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -148,13 +152,17 @@ def load_version(version: str) -> LoadedIndex:
     positions = np.load(path / "pubtypes.npz")
     names = manifest.get("publication_types", [])
     bm25 = bm25s.BM25.load(str(path / "bm25"), mmap=False, show_progress=False)
+    article_ids = np.load(path / "article_ids.npy")
+    article_bm25 = bm25s.BM25.load(str(path / "bm25_articles"), mmap=False,
+                                   show_progress=False) \
+        if (path / "bm25_articles").is_dir() else None
     return LoadedIndex(
         version=version, path=path, manifest=manifest, dense=dense, on_gpu=on_gpu,
         chunk_ids=np.load(path / "chunk_ids.npy"),
-        article_ids=np.load(path / "article_ids.npy"),
+        article_ids=article_ids,
         years=np.load(path / "years.npy"), retracted=np.load(path / "retracted.npy"),
         pubtype_positions={name.lower(): positions[f"t{i}"] for i, name in enumerate(names)},
-        bm25=bm25,
+        bm25=bm25, article_bm25=article_bm25, article_rows=np.unique(article_ids),
         # Memory-mapped: at full-PubMed scale only the rescored rows are ever read.
         vectors=np.load(path / "vectors.f16.npy", mmap_mode="r"),
     )

@@ -3,9 +3,13 @@
 Stages work on chunks and keep the best chunk per article, so k hits are k different
 articles (k independent sources beat three passages of one abstract). The rerank stage is a
 cross-encoder when settings.RERANKER_MODEL is set; otherwise it rescores the fused top
-articles with a convex combination of exact cosine similarity and BM25, each min-max
-normalised over the candidate chunks (Bruch et al. 2023 found this fusion more accurate than
-RRF when scores are available). Query text is never logged at INFO or above.
+articles with a convex combination of min-max normalised scores (Bruch et al. 2023 found this
+fusion more accurate than RRF when scores are available): the exact cosine similarity of each
+chunk and its BM25, normalised over the candidate chunks, plus the BM25 of the whole article
+as one document, normalised over the candidate articles (passage and document evidence
+together, after Callan 1994). An article scores as its best chunk plus its article term. The
+weights were chosen on one half of the PubMedQA questions and checked on the other
+(`bench/tune_rescore.py`). Query text is never logged at INFO or above.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ MODES = ("bm25", "dense", "hybrid", "hybrid+rerank")
 MAX_K = 100
 STAGE_DEPTH = 100  # candidates each first stage hands to fusion
 RRF_K = 60  # the constant of Cormack et al. 2009
-RERANK_DEPTH = 50  # fused articles the rerank stage rescores
+RERANK_DEPTH = 100  # fused articles the rerank stage rescores
 CROSS_ENCODER_DEPTH = 30
-RESCORE_DENSE_WEIGHT = 0.5
+# Rescoring weights: chunk cosine, chunk BM25, article BM25 (bench/tune_rescore.py chose them).
+RESCORE_WEIGHTS = (0.55, 0.0, 0.45)
+RESCORE_WEIGHTS_WITHOUT_ARTICLE_BM25 = (0.5, 0.5, 0.0)  # index versions built before it
 MAX_QUERY_CHARS = 4000
 PQ_REFINE_FACTOR = 4  # IVF-PQ fetches 4x the candidates, then re-scores them exactly
 
@@ -71,8 +77,9 @@ class SearchResult:
 
 def reranker_name() -> str:
     model = str(getattr(settings, "RERANKER_MODEL", "") or "")
+    cosine, bm25, article = RESCORE_WEIGHTS
     return f"cross-encoder:{model}" if model else \
-        f"rescore:cosine*{RESCORE_DENSE_WEIGHT}+bm25*{1 - RESCORE_DENSE_WEIGHT}"
+        f"rescore:cosine*{cosine}+bm25*{bm25}+article_bm25*{article}"
 
 
 # --- stages -------------------------------------------------------------------------------
@@ -104,6 +111,18 @@ def _bm25_scores(index: LoadedIndex, query: str) -> np.ndarray | None:
     if not tokens:
         return None
     return np.asarray(index.bm25.get_scores(tokens), dtype=np.float32)[: index.size]
+
+
+def _article_bm25_scores(index: LoadedIndex, query: str) -> np.ndarray | None:
+    """BM25 of each whole article (rows follow index.article_rows); None when no query term
+    is in the vocabulary or the index version predates the article-level index."""
+    if index.article_bm25 is None:
+        return None
+    vocabulary = index.article_bm25.vocab_dict
+    tokens = [token for token in lexical.tokenize(query) if token in vocabulary]
+    if not tokens:
+        return None
+    return np.asarray(index.article_bm25.get_scores(tokens), dtype=np.float32)
 
 
 def _bm25_stage(index: LoadedIndex, scores: np.ndarray | None, mask: np.ndarray | None,
@@ -190,8 +209,10 @@ def _minmax(values: np.ndarray) -> np.ndarray:
 
 
 def _rescore(index: LoadedIndex, fused: list[tuple[int, float, int]], query_vector: np.ndarray,
-             bm25_scores: np.ndarray | None, mask: np.ndarray | None
-             ) -> list[tuple[int, float, int]]:
+             bm25_scores: np.ndarray | None, article_scores: np.ndarray | None,
+             mask: np.ndarray | None) -> list[tuple[int, float, int]]:
+    cosine_weight, bm25_weight, article_weight = RESCORE_WEIGHTS if \
+        index.article_bm25 is not None else RESCORE_WEIGHTS_WITHOUT_ARTICLE_BM25
     candidates = fused[:RERANK_DEPTH]
     positions_per_article = [_article_positions(index, article) for article, _s, _p in candidates]
     if mask is not None:
@@ -202,16 +223,20 @@ def _rescore(index: LoadedIndex, fused: list[tuple[int, float, int]], query_vect
     cosine = np.asarray(index.vectors[np.sort(flat)], dtype=np.float32) @ query_vector
     cosine = cosine[np.argsort(np.argsort(flat))]  # back to flat's order (mmap reads sorted)
     lexical_scores = bm25_scores[flat] if bm25_scores is not None else np.zeros(flat.size)
-    combined = RESCORE_DENSE_WEIGHT * _minmax(cosine) + \
-        (1 - RESCORE_DENSE_WEIGHT) * _minmax(np.asarray(lexical_scores, dtype=np.float32))
+    combined = cosine_weight * _minmax(cosine) + \
+        bm25_weight * _minmax(np.asarray(lexical_scores, dtype=np.float32))
+    article_term = np.zeros(len(candidates), dtype=np.float32)
+    if article_scores is not None and article_weight:
+        rows = np.searchsorted(index.article_rows, [article for article, _s, _p in candidates])
+        article_term = (article_weight * _minmax(article_scores[rows])).astype(np.float32)
     results = []
     offset = 0
-    for (article, _score, _position), positions in zip(candidates, positions_per_article,
-                                                       strict=True):
+    for (article, _score, _position), positions, extra in zip(
+            candidates, positions_per_article, article_term.tolist(), strict=True):
         if positions.size:
             part = combined[offset:offset + positions.size]
             best = int(np.argmax(part))
-            results.append((article, float(part[best]), int(positions[best])))
+            results.append((article, float(part[best]) + extra, int(positions[best])))
         offset += positions.size
     return sorted(results, key=lambda item: -item[1])
 
@@ -324,7 +349,8 @@ def search(query: str, *, k: int = 10, mode: str = "hybrid+rerank",
             if getattr(settings, "RERANKER_MODEL", ""):
                 final = _cross_encode(index, final, query)
             else:
-                final = _rescore(index, final, query_embedding, bm25_scores, mask)
+                final = _rescore(index, final, query_embedding, bm25_scores,
+                                 _article_bm25_scores(index, query), mask)
             stage_ranks["rerank"] = {article: rank for rank, (article, _s, _p) in
                                      enumerate(final, start=1)}
             mark = lap("rerank", mark)

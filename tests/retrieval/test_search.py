@@ -211,3 +211,59 @@ def test_dense_search_with_many_exclusions_uses_a_selector_and_stays_exact(
     expected = allowed[np.argsort(-(vectors[allowed] @ query))[:10]]
     assert mask[found].all()
     assert len(set(found[:10].tolist()) & set(expected.tolist())) >= 9
+
+
+def test_rescoring_counts_query_terms_spread_over_an_articles_chunks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Document-level evidence: the article with every query term, spread over two chunks,
+    beats one whose single chunk matches best but lacks a term, all else (cosine) equal."""
+    import bm25s
+
+    from retrieval import lexical
+    from retrieval.index_store import LoadedIndex
+    from retrieval.search import _article_bm25_scores, _bm25_scores, _rescore
+
+    chunks = {(1, 0): "warfarin and bleeding in older patients with atrial fibrillation",
+              (1, 1): "stroke prevention outcomes",
+              (2, 0): "warfarin bleeding", (2, 1): "registry design",
+              (3, 0): "stroke unit care", (3, 1): "nursing staff"}
+    article_ids = np.array([a for a, _p in chunks], dtype=np.int64)
+    chunk_bm25 = bm25s.BM25()
+    chunk_bm25.index([lexical.tokenize(text) for text in chunks.values()], show_progress=False)
+    article_bm25 = bm25s.BM25()
+    article_bm25.index([lexical.tokenize(" ".join(t for (a, _p), t in chunks.items() if a == i))
+                        for i in (1, 2, 3)], show_progress=False)
+    vectors = np.tile(np.array([[1.0, 0.0]], dtype=np.float16), (6, 1))
+    index = LoadedIndex(
+        version="t", path=Path("."), manifest={}, dense=None, on_gpu=False,
+        chunk_ids=np.arange(6), article_ids=article_ids, years=np.zeros(6, np.int16),
+        retracted=np.zeros(6, bool), pubtype_positions={}, bm25=chunk_bm25, vectors=vectors,
+        article_bm25=article_bm25, article_rows=np.array([1, 2, 3]))
+    query, query_vector = "warfarin bleeding stroke", np.array([1.0, 0.0], dtype=np.float32)
+    fused = [(2, 0.5, 2), (1, 0.4, 0)]  # the first stages put article 2 first
+
+    ranked = _rescore(index, fused, query_vector, _bm25_scores(index, query),
+                      _article_bm25_scores(index, query), None)
+
+    assert [article for article, _s, _p in ranked] == [1, 2]
+    # Chunk evidence alone (the weights of indexes without article BM25) keeps article 2 first.
+    monkeypatch.setattr("retrieval.search.RESCORE_WEIGHTS", (0.5, 0.5, 0.0))
+    ranked = _rescore(index, fused, query_vector, _bm25_scores(index, query),
+                      _article_bm25_scores(index, query), None)
+    assert [article for article, _s, _p in ranked] == [2, 1]
+
+
+def test_an_index_built_before_the_article_level_bm25_still_serves(corpus: Path) -> None:
+    import shutil
+
+    from retrieval import index_store
+
+    current = index_store.read_pointer()
+    assert current and (index_store.versions_dir() / current / "bm25_articles").is_dir()
+    shutil.rmtree(index_store.versions_dir() / current / "bm25_articles")
+    index_store.reset_loaded_index()
+
+    for mode in ("hybrid", "hybrid+rerank"):
+        result = search("thrombectomy after ischemic stroke", k=2, mode=mode)
+        assert result.hits[0].pmid == "1002"
+    assert index_store.get_index().article_bm25 is None
