@@ -166,19 +166,25 @@ def _build_locked(*, index_type: str | None, force: bool) -> dict[str, Any]:
                                   for i, name in enumerate(type_names)}
         np.savez(work_dir / "pubtypes.npz", **arrays)
         bm25_started = time.monotonic()
-        corpus = [lexical.tokenize(drafts_text(r[5], r[3])) or ["<empty>"] for r in rows]
+        # Each text is tokenized once: a chunk's BM25 document is its title's tokens and its
+        # own (as drafts_text joins them); an article's is its title's and all its chunks'.
+        title_tokens: dict[int, list[str]] = {}
+        documents: dict[int, list[str]] = {}  # document-level evidence, one per article
+        corpus = []
+        for r in rows:
+            if r[1] not in title_tokens:
+                title_tokens[r[1]] = lexical.tokenize(r[5] or "")
+                documents[r[1]] = list(title_tokens[r[1]])
+            passage = lexical.tokenize(r[3])
+            documents[r[1]].extend(passage)
+            corpus.append(title_tokens[r[1]] + passage or ["<empty>"])
         retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B)
         retriever.index(corpus or [["<empty>"]], show_progress=False)
         retriever.save(str(work_dir / "bm25"))
-        # Document-level evidence: one BM25 document per article (title and whole abstract),
-        # rows in article id order, so terms spread over several chunks still count together.
-        documents: dict[int, list[str]] = {}
-        for r in rows:
-            documents.setdefault(r[1], [r[5] or ""]).append(r[3])
+        # Rows in article id order, so terms spread over several chunks still count together.
         article_retriever = bm25s.BM25(k1=BM25_K1, b=BM25_B)
-        article_retriever.index([lexical.tokenize(" ".join(documents[a])) or ["<empty>"]
-                                 for a in sorted(documents)] or [["<empty>"]],
-                                show_progress=False)
+        article_retriever.index([documents[a] or ["<empty>"] for a in sorted(documents)]
+                                or [["<empty>"]], show_progress=False)
         article_retriever.save(str(work_dir / "bm25_articles"))
         bm25_seconds = time.monotonic() - bm25_started
         manifest = {

@@ -105,24 +105,24 @@ def _collapse(index: LoadedIndex, positions: np.ndarray, scores: np.ndarray) -> 
     return ranked
 
 
-def _bm25_scores(index: LoadedIndex, query: str) -> np.ndarray | None:
-    vocabulary = index.bm25.vocab_dict
+def _query_scores(model: Any, query: str) -> np.ndarray | None:
+    """A bm25s model's score of every row for the query; None when no term is known."""
+    vocabulary = model.vocab_dict
     tokens = [token for token in lexical.tokenize(query) if token in vocabulary]
     if not tokens:
         return None
-    return np.asarray(index.bm25.get_scores(tokens), dtype=np.float32)[: index.size]
+    return np.asarray(model.get_scores(tokens), dtype=np.float32)
+
+
+def _bm25_scores(index: LoadedIndex, query: str) -> np.ndarray | None:
+    scores = _query_scores(index.bm25, query)
+    return None if scores is None else scores[: index.size]
 
 
 def _article_bm25_scores(index: LoadedIndex, query: str) -> np.ndarray | None:
     """BM25 of each whole article (rows follow index.article_rows); None when no query term
     is in the vocabulary or the index version predates the article-level index."""
-    if index.article_bm25 is None:
-        return None
-    vocabulary = index.article_bm25.vocab_dict
-    tokens = [token for token in lexical.tokenize(query) if token in vocabulary]
-    if not tokens:
-        return None
-    return np.asarray(index.article_bm25.get_scores(tokens), dtype=np.float32)
+    return None if index.article_bm25 is None else _query_scores(index.article_bm25, query)
 
 
 def _bm25_stage(index: LoadedIndex, scores: np.ndarray | None, mask: np.ndarray | None,
