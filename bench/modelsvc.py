@@ -54,7 +54,7 @@ def main() -> None:
     django.setup()
     import openai
 
-    from config.processes import free_port, start_model_server, stop_process, wait_for_http
+    from launcher.processes import free_port, start_model_server, stop_process, wait_for_http
     from modelsvc.client import ClientConfig, ModelClient, StreamDone, TextDelta
 
     process = None

@@ -22,7 +22,7 @@ import django  # noqa: E402
 
 django.setup()
 
-from clinic.review.phi import scrub  # noqa: E402
+from review.phi import scrub  # noqa: E402
 from tests.review.test_phi import SYNTHETIC, phi_recall  # noqa: E402
 
 

@@ -1,17 +1,6 @@
 from django.contrib import admin
 
-from clinic.models import (
-    Claim,
-    Consultation,
-    DeepConsultStep,
-    EvalRun,
-    ExportBatch,
-    Feedback,
-    PhiClearance,
-    RetrievedPassage,
-    ReviewDecision,
-    ReviewItem,
-)
+from clinic.models import Claim, Consultation, DeepConsultStep, Feedback, RetrievedPassage
 
 
 class PassageInline(admin.TabularInline):
@@ -67,37 +56,3 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False
-
-
-@admin.register(ReviewItem)
-class ReviewItemAdmin(ReadOnlyAdmin):
-    list_display = ["id", "consultation", "priority", "status", "outcome", "phi_status",
-                    "model_name", "specialty", "created_at"]
-    list_filter = ["status", "outcome", "phi_status", "specialty"]
-    list_select_related = ["consultation"]
-
-
-@admin.register(ReviewDecision)
-class ReviewDecisionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "item", "reviewer", "kind", "round", "is_adjudication", "created_at"]
-    list_filter = ["kind", "is_adjudication"]
-    list_select_related = ["item", "reviewer"]
-
-
-@admin.register(PhiClearance)
-class PhiClearanceAdmin(ReadOnlyAdmin):
-    list_display = ["id", "item", "decision", "decided_by", "created_at"]
-    list_filter = ["decision"]
-    list_select_related = ["item", "decided_by"]
-
-
-@admin.register(ExportBatch)
-class ExportBatchAdmin(ReadOnlyAdmin):
-    list_display = ["id", "format", "status", "progress", "sha256", "created_by", "created_at"]
-    list_filter = ["format", "status"]
-
-
-@admin.register(EvalRun)
-class EvalRunAdmin(ReadOnlyAdmin):
-    list_display = ["id", "suite", "status", "created_at"]
-    list_filter = ["suite", "status"]

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from clinic.models import Claim, Consultation, RetrievedPassage
+from clinic.signals import answer_finished
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,5 @@ def finalize_answer(consultation: Consultation, text: str,
         consultation.save(update_fields=[
             "answer_text", "abstained", "support_rate", "removed_citations", "status",
             "completed_at", "error_message", "updated_at"])
-    from clinic.review.services import enqueue_for_review
-
-    enqueue_for_review(consultation_id=consultation.pk)
+    answer_finished.send(sender=Consultation, consultation_id=consultation.pk)
     return consultation

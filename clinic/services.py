@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from clinic.models import Consultation, Feedback
+from clinic.signals import feedback_received
 
 logger = logging.getLogger(__name__)
 
@@ -143,11 +144,10 @@ def feedback_create(*, consultation: Consultation, user: User, helpful: bool, co
                                f"{', '.join(sorted(FEEDBACK_PROBLEMS))}.")
     comment = clean_question(comment, field="comment", required=False)
     correction = clean_question(correction, field="correction", required=False)
-    from clinic.review.services import enqueue_for_review
-
     with transaction.atomic():
         feedback = Feedback.objects.create(consultation=consultation, user=user, helpful=helpful,
                                            comment=comment, problems=problems,
                                            correction=correction)
-        enqueue_for_review(consultation_id=consultation.pk)
+        feedback_received.send(sender=Feedback, consultation_id=consultation.pk,
+                               feedback_id=feedback.pk)
     return feedback

@@ -9,5 +9,3 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("clinic_evidence")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-# Tasks in sub-packages of clinic are not found by the default discovery.
-app.autodiscover_tasks(["clinic.evaluation", "clinic.review"])

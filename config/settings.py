@@ -68,6 +68,8 @@ INSTALLED_APPS = [
     "retrieval",
     "modelsvc",
     "clinic",
+    "review",
+    "evaluation",
 ]
 
 MIDDLEWARE = [

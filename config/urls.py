@@ -14,7 +14,7 @@ urlpatterns = [
     path("api/v1/", include("clinic.api_urls")),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("evaluation/", include("clinic.evaluation.urls")),
-    path("review/", include("clinic.review.urls")),
+    path("evaluation/", include("evaluation.urls")),
+    path("review/", include("review.urls")),
     path("", include("clinic.urls")),
 ]

@@ -11,15 +11,9 @@ class ServedModelAdmin(admin.ModelAdmin):
                     "cost_per_1k_prompt", "cost_per_1k_completion", "updated_at")
     list_filter = ("status", "capability")
     search_fields = ("name", "served_name", "base_model")
-    # Status changes only through the evaluation gate (promote action), never by hand.
+    # Status changes only through the evaluation gate (the evaluation app adds the promote
+    # action to this admin), never by hand.
     readonly_fields = ("status",)
-    actions = ["promote_through_gate"]
-
-    @admin.action(description="Promote to serving (only if the evaluation gate passes)")
-    def promote_through_gate(self, request, queryset):  # type: ignore[no-untyped-def]
-        from clinic.evaluation.gate import admin_promote_action
-
-        return admin_promote_action(self, request, queryset)
 
 
 @admin.register(ModelCall)

@@ -44,8 +44,9 @@ class ModelCall(models.Model):
     model_name = models.CharField(max_length=200)
     adapter = models.CharField(max_length=200, blank=True)
     purpose = models.CharField(max_length=32, db_index=True)
-    consultation = models.ForeignKey("clinic.Consultation", null=True, blank=True,
-                                     on_delete=models.SET_NULL, related_name="model_calls")
+    # The consultation this call served, by id: the model boundary imports nothing above it,
+    # and the cost of a call is kept even when its consultation is deleted.
+    consultation_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     cost = models.DecimalField(max_digits=12, decimal_places=6, default=0)

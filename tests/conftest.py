@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 
-from config.processes import (
+from launcher.processes import (
     free_port,
     port_is_open,
     start_embedded_redis,

@@ -16,14 +16,14 @@ import pytest
 from django.conf import settings
 
 from config.env import READ_FROM_ENV
-from config.processes import free_port
+from launcher.processes import free_port
 from tests.conftest import SYNTHETIC_ARTICLES
 
 pytestmark = [pytest.mark.model_server, pytest.mark.redis]
 
 
 def _launch(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "config.launcher"], cwd=settings.BASE_DIR,
+    return subprocess.Popen([sys.executable, "-m", "launcher.run"], cwd=settings.BASE_DIR,
                             env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 

@@ -94,7 +94,7 @@ def test_a_bad_value_fails_loudly_naming_the_setting(tmp_path: Path, name: str, 
 def test_the_run_command_refuses_a_bad_setting_with_one_sentence(tmp_path: Path) -> None:
     clean = {k: v for k, v in os.environ.items() if k not in READ_FROM_ENV}
     clean.update(VAR_DIR=str(tmp_path), MODEL_CONNECT_TIMEOUT="-3")
-    result = subprocess.run([sys.executable, "-m", "config.launcher"], cwd=ROOT, env=clean,
+    result = subprocess.run([sys.executable, "-m", "launcher.run"], cwd=ROOT, env=clean,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "Cannot start: Setting MODEL_CONNECT_TIMEOUT='-3' is not valid" in result.stderr

@@ -9,17 +9,3 @@ from clinic.models.consultation import (
 )
 
 __all__ = ["Claim", "Consultation", "DeepConsultStep", "Feedback", "RetrievedPassage"]
-
-from clinic.models.evaluation import EvalResult, EvalRun, PromotionDecision  # noqa: E402
-
-__all__ += ["EvalResult", "EvalRun", "PromotionDecision"]
-
-from clinic.models.review import (  # noqa: E402
-    ExportBatch,
-    PhiClearance,
-    ReviewDecision,
-    ReviewItem,
-    ReviewReason,
-)
-
-__all__ += ["ExportBatch", "PhiClearance", "ReviewDecision", "ReviewItem", "ReviewReason"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from modelsvc.models import ModelCall
+
 
 class Consultation(models.Model):
     class Mode(models.TextChoices):
@@ -73,6 +75,11 @@ class Consultation(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in {self.Status.COMPLETE, self.Status.FAILED, self.Status.CANCELLED}
+
+    @property
+    def model_calls(self) -> models.QuerySet[ModelCall]:
+        """The model server calls made for this consultation (recorded by modelsvc)."""
+        return ModelCall.objects.filter(consultation_id=self.pk)
 
 
 class RetrievedPassage(models.Model):

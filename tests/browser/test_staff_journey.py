@@ -16,17 +16,10 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 
-from clinic.models import (
-    Claim,
-    Consultation,
-    EvalRun,
-    ExportBatch,
-    Feedback,
-    RetrievedPassage,
-    ReviewDecision,
-    ReviewItem,
-)
-from clinic.review.services import (
+from clinic.models import Claim, Consultation, Feedback, RetrievedPassage
+from evaluation.models import EvalRun
+from review.models import ExportBatch, ReviewDecision, ReviewItem
+from review.services import (
     ClaimEdit,
     enqueue_for_review,
     review_item_claim,
@@ -281,7 +274,7 @@ def test_an_admin_exports_reviewed_answers_on_a_real_worker_and_downloads_them(
     assert row.locator("td").nth(4).inner_text() == "1"  # records exported
     assert int(row.locator("progress").get_attribute("value")) == 100
     page.screenshot(path=str(artifacts_dir / "review-dashboard.png"), full_page=True)
-    assert _succeeded(worker.log_path, "clinic.review.tasks.run_export_batch") == 1
+    assert _succeeded(worker.log_path, "review.tasks.run_export_batch") == 1
 
     batch.refresh_from_db()
     assert batch.status == ExportBatch.Status.DONE and batch.file_name == "sft.jsonl"
@@ -347,7 +340,7 @@ def test_an_admin_starts_an_evaluation_run_and_watches_it_finish_on_a_real_worke
     run.refresh_from_db()
     assert run.status == EvalRun.Status.COMPLETE, \
         f"{run.error_message}\n{worker.log_path.read_text()[-3000:]}"
-    assert _succeeded(worker.log_path, "clinic.evaluation.tasks.run_evaluation") == 1
+    assert _succeeded(worker.log_path, "evaluation.tasks.run_evaluation") == 1
 
     assert run.suite == "mirage" and run.limit == 2 and run.created_by == admin
     assert run.model_name == model_server["model"] and run.index_version
@@ -383,8 +376,8 @@ def test_an_admin_starts_an_evaluation_run_and_watches_it_finish_on_a_real_worke
 def test_an_admin_releases_a_phi_hold_on_a_phone(
         browser: Any, asgi_live_server: str, benchmark_dir: Path, tmp_path: Path,
         settings: Any, artifacts_dir: Path) -> None:
-    from clinic.models import PhiClearance
-    from clinic.review.exports import build_export
+    from review.exports import build_export
+    from review.models import PhiClearance
 
     settings.EXPORT_EVAL_PERCENT = 0
     clinician = _user("dr_kim", "clinician")

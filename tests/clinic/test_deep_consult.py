@@ -30,7 +30,7 @@ from clinic import deep
 from clinic.models import Consultation, DeepConsultStep
 from clinic.services import consultation_cancel, consultation_create
 from clinic.tasks import run_deep_consult
-from config.processes import free_port, stop_process
+from launcher.processes import free_port, stop_process
 from modelsvc.models import ModelCall
 from tests.conftest import subprocess_env
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from clinic.evaluation.harness import compute_metrics
-from clinic.models import EvalResult, EvalRun
+from evaluation.harness import compute_metrics
+from evaluation.models import EvalResult, EvalRun
 
 
 def make_run(*, suite: str = "pubmedqa", served_model: Any = None, correct: int, total: int,

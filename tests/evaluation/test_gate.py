@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from clinic.evaluation.gate import PromotionRefused, check_gate, promote
-from clinic.models import PromotionDecision
+from evaluation.gate import PromotionRefused, check_gate, promote
+from evaluation.models import PromotionDecision
 from modelsvc.models import ServedModel
 from tests.evaluation.factories import make_run
 

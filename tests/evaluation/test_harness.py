@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from clinic.evaluation.harness import create_run, execute_run
-from clinic.models import EvalResult, EvalRun
+from evaluation.harness import create_run, execute_run
+from evaluation.models import EvalResult, EvalRun
 from modelsvc.models import ModelCall
 from modelsvc.prompts import PROMPT_VERSION
 

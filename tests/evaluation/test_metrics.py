@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clinic.evaluation.extraction import parse_choice
-from clinic.evaluation.metrics import (
+from evaluation.extraction import parse_choice
+from evaluation.metrics import (
     Row,
     difference_interval,
     percentile,

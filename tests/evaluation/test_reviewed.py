@@ -7,12 +7,12 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 
-from clinic.evaluation.reviewed import held_out_items, score_against_reference
 from clinic.models import Consultation, RetrievedPassage
+from evaluation.reviewed import held_out_items, score_against_reference
 
 
 def test_approved_items_in_the_eval_split_become_items(clinician: User, settings: Any) -> None:
-    from clinic.models.review import ReviewItem
+    from review.models import ReviewItem
 
     settings.EXPORT_EVAL_PERCENT = 100
     consultation = Consultation.objects.create(user=clinician, question="Does aspirin help?",

@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from clinic.models import EvalRun, PromotionDecision
+from evaluation.models import EvalRun, PromotionDecision
 from modelsvc.models import ServedModel
 from tests.evaluation.factories import make_run
 
@@ -78,7 +78,7 @@ def test_a_question_drills_down_to_its_passages_and_answer(
 def test_an_admin_starts_a_run_as_a_background_job(
         client: Client, admin_user: User, django_capture_on_commit_callbacks: Any,
         monkeypatch: pytest.MonkeyPatch, shared_data_dir: Any) -> None:
-    from clinic.evaluation import tasks
+    from evaluation import tasks
 
     queued: list[int] = []
     monkeypatch.setattr(tasks.run_evaluation, "delay", queued.append)

@@ -4,4 +4,4 @@ from django.urls import include, path
 
 from config.urls import urlpatterns as project_urlpatterns
 
-urlpatterns = [path("evaluation/", include("clinic.evaluation.urls")), *project_urlpatterns]
+urlpatterns = [path("evaluation/", include("evaluation.urls")), *project_urlpatterns]

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from clinic.models import ReviewDecision, ReviewItem
-from clinic.review.services import (
+from review.models import ReviewDecision, ReviewItem
+from review.services import (
     ClaimEdit,
     ReviewConflict,
     ReviewError,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clinic.review.selectors import review_queue, reviewer_agreement
-from clinic.review.services import (
+from review.selectors import review_queue, reviewer_agreement
+from review.services import (
     ReviewConflict,
     enqueue_for_review,
     review_item_claim,

@@ -7,9 +7,9 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from clinic.models import ExportBatch, ReviewItem
-from clinic.review.exports import build_export, split_of, verify_export
-from clinic.review.services import (
+from review.exports import build_export, split_of, verify_export
+from review.models import ExportBatch, ReviewItem
+from review.services import (
     ClaimEdit,
     ReviewError,
     enqueue_for_review,
@@ -153,8 +153,8 @@ def test_identifiers_are_redacted_and_unsure_items_held_for_a_human(reviewed, tm
 
 def test_an_admin_releases_a_held_item_with_the_text_they_checked(
         reviewed, tmp_path, admin_user, client):
-    from clinic.models import PhiClearance
-    from clinic.review.services import phi_clearance_record
+    from review.models import PhiClearance
+    from review.services import phi_clearance_record
 
     held = reviewed("Is the water in 02139 safe for dialysis patients?")
     build_export(fmt="sft", out_dir=tmp_path / "first")
@@ -195,7 +195,7 @@ def test_an_admin_releases_a_held_item_with_the_text_they_checked(
 
 def test_a_release_no_longer_applies_once_the_texts_change(reviewed, tmp_path, admin_user,
                                                            reviewer):
-    from clinic.review.services import phi_clearance_record
+    from review.services import phi_clearance_record
 
     held = reviewed("Is the water in 02139 safe for dialysis patients?")
     build_export(fmt="sft", out_dir=tmp_path / "first")
@@ -213,8 +213,8 @@ def test_a_release_no_longer_applies_once_the_texts_change(reviewed, tmp_path, a
 
 def test_only_admins_clear_holds_and_a_release_cannot_empty_a_text(
         reviewed, tmp_path, admin_user, reviewer, client):
-    from clinic.models import PhiClearance
-    from clinic.review.services import phi_clearance_record
+    from review.models import PhiClearance
+    from review.services import phi_clearance_record
 
     held = reviewed("Is the water in 02139 safe for dialysis patients?")
     build_export(fmt="sft", out_dir=tmp_path)

@@ -7,8 +7,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from clinic.models import ExportBatch, ReviewDecision
-from clinic.review.services import enqueue_for_review
+from review.models import ExportBatch, ReviewDecision
+from review.services import enqueue_for_review
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_a_reviewer_claims_corrects_and_the_clinician_never_sees_who(
 
 def test_the_admin_dashboard_draws_charts_and_queues_an_export(
         client, admin_user, item, monkeypatch, django_capture_on_commit_callbacks):
-    from clinic.review import tasks
+    from review import tasks
 
     sent = []
     monkeypatch.setattr(tasks.run_export_batch, "apply_async",

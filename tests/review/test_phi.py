@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clinic.review.phi import scrub
+from review.phi import scrub
 
 SYNTHETIC = Path(__file__).with_name("phi_synthetic.json")
 STRUCTURED = {"PHONE", "FAX", "EMAIL", "SSN", "MRN", "HEALTH_PLAN", "ACCOUNT", "LICENSE",

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from clinic.models import ReviewItem
-from clinic.review.selectors import review_queue
-from clinic.review.services import enqueue_for_review, in_quality_sample
+from review.models import ReviewItem
+from review.selectors import review_queue
+from review.services import enqueue_for_review, in_quality_sample
 
 
 def test_a_well_supported_answer_with_no_feedback_is_not_queued(answered):
@@ -109,7 +109,7 @@ def test_reviewers_filter_by_reason_model_specialty_and_date(answered, feedback_
 
 
 def test_an_unsafe_flag_after_approval_reopens_the_item(answered, feedback_on, reviewer):
-    from clinic.review.services import review_item_claim, review_item_decide
+    from review.services import review_item_claim, review_item_decide
 
     consultation = answered(supported=(False,))
     item = enqueue_for_review(consultation_id=consultation.pk)

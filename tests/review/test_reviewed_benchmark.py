@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from clinic.models import EvalRun
-from clinic.review.exports import build_export
-from clinic.review.services import (
+from evaluation.models import EvalRun
+from review.exports import build_export
+from review.services import (
     ClaimEdit,
     enqueue_for_review,
     review_item_claim,

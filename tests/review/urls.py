@@ -4,4 +4,4 @@ from django.urls import include, path
 
 from config.urls import urlpatterns as project_urlpatterns
 
-urlpatterns = [path("review/", include("clinic.review.urls")), *project_urlpatterns]
+urlpatterns = [path("review/", include("review.urls")), *project_urlpatterns]

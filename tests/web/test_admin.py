@@ -9,8 +9,8 @@ from django.test import Client
 pytestmark = pytest.mark.django_db
 
 CHANGELISTS = [
-    "clinic/consultation", "clinic/feedback", "clinic/reviewitem", "clinic/reviewdecision",
-    "clinic/exportbatch", "clinic/evalrun", "modelsvc/servedmodel", "modelsvc/modelcall",
+    "clinic/consultation", "clinic/feedback", "review/reviewitem", "review/reviewdecision",
+    "review/exportbatch", "review/phiclearance", "evaluation/evalrun", "modelsvc/servedmodel", "modelsvc/modelcall",
     "retrieval/ingestrun",
 ]
 
@@ -24,7 +24,7 @@ def test_an_admin_can_open_every_changelist(client: Client, admin_user: User,
 
 def test_review_decisions_cannot_be_added_in_the_admin(client: Client, admin_user: User) -> None:
     client.force_login(admin_user)
-    assert client.get("/admin/clinic/reviewdecision/add/").status_code == 403
+    assert client.get("/admin/review/reviewdecision/add/").status_code == 403
 
 
 def test_a_clinician_cannot_use_the_admin(client: Client, clinician: User) -> None:
