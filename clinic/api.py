@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.authentication import TokenAuthentication
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, NotAuthenticated
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
+from rest_framework.views import APIView, exception_handler
 
 from clinic.models import Consultation
+from clinic.quick import consultation_events, sse_frame
 from clinic.selectors import consultation_for_user, consultation_history, consultation_snapshot
 from clinic.services import QuestionRejected, RateLimited, consultation_create
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """Every API error has one shape, `{"error": "<sentence>"}`, like the views' own errors."""
+    response = exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "detail" in response.data:
+        detail = str(response.data["detail"])
+        if isinstance(exc, Http404):
+            detail = "No such consultation (or it belongs to another account)."
+        elif isinstance(exc, NotAuthenticated):
+            detail = ("Authentication credentials were not provided; send "
+                      "`Authorization: Token <key>`.")
+        response.data = {"error": detail}
+    return response
 
 
 class ConsultationCreateSerializer(serializers.Serializer):
@@ -34,16 +49,54 @@ class ConsultationSummarySerializer(serializers.ModelSerializer):
 
 
 ERROR_SCHEMA = inline_serializer("Error", {"error": serializers.CharField()})
+PASSAGE_FIELDS = {
+    "number": serializers.IntegerField(), "pmid": serializers.CharField(),
+    "title": serializers.CharField(), "journal": serializers.CharField(),
+    "year": serializers.IntegerField(allow_null=True),
+    "publication_types": serializers.ListField(child=serializers.CharField()),
+    "retracted": serializers.BooleanField(), "section": serializers.CharField(),
+    "text": serializers.CharField(), "score": serializers.FloatField(),
+    "stages": serializers.DictField(), "url": serializers.CharField(),
+    "sub_question": serializers.IntegerField(allow_null=True),
+}
+CLAIM_FIELDS = {
+    "position": serializers.IntegerField(), "text": serializers.CharField(),
+    "citations": serializers.ListField(child=serializers.IntegerField()),
+    "support_score": serializers.FloatField(allow_null=True),
+    "supported": serializers.BooleanField(allow_null=True),
+}
+STEP_FIELDS = {
+    "position": serializers.IntegerField(), "kind": serializers.CharField(),
+    "title": serializers.CharField(), "status": serializers.CharField(),
+    "output": serializers.DictField(), "tokens": serializers.IntegerField(),
+    "started_at": serializers.DateTimeField(allow_null=True),
+    "finished_at": serializers.DateTimeField(allow_null=True),
+    "elapsed_s": serializers.FloatField(allow_null=True),
+}
+ROUTING_SCHEMA = inline_serializer("Routing", {
+    "capability": serializers.CharField(), "model": serializers.CharField(),
+    "confidence": serializers.FloatField(allow_null=True),
+    "fallback": serializers.BooleanField(), "use_retrieval": serializers.BooleanField(),
+    "suggested_deep": serializers.BooleanField(),
+})
 SNAPSHOT_SCHEMA = inline_serializer("Consultation", {
     "id": serializers.IntegerField(), "mode": serializers.CharField(),
-    "status": serializers.CharField(), "finished": serializers.BooleanField(),
-    "answer_text": serializers.CharField(), "abstained": serializers.BooleanField(),
-    "error_message": serializers.CharField(), "support_rate": serializers.FloatField(),
-    "passages": serializers.ListField(child=serializers.DictField()),
-    "claims": serializers.ListField(child=serializers.DictField()),
-    "steps": serializers.ListField(child=serializers.DictField()),
-    "routing": serializers.DictField(), "cost": serializers.FloatField(),
+    "status": serializers.CharField(), "status_label": serializers.CharField(),
+    "finished": serializers.BooleanField(), "answer_text": serializers.CharField(),
+    "abstained": serializers.BooleanField(), "error_message": serializers.CharField(),
+    "support_rate": serializers.FloatField(allow_null=True),
+    "removed_citations": serializers.IntegerField(),
+    "routing": ROUTING_SCHEMA,
+    "time_to_first_token_ms": serializers.IntegerField(allow_null=True),
+    "total_ms": serializers.IntegerField(allow_null=True),
     "prompt_tokens": serializers.IntegerField(), "completion_tokens": serializers.IntegerField(),
+    "cost": serializers.FloatField(),
+    "passages": inline_serializer("Passage", PASSAGE_FIELDS, many=True),
+    "claims": inline_serializer("Claim", CLAIM_FIELDS, many=True),
+    "steps": inline_serializer("DeepConsultStep", STEP_FIELDS, many=True),
+    "links": inline_serializer("ConsultationLinks", {
+        "self": serializers.URLField(), "stream": serializers.URLField(),
+        "page": serializers.URLField()}),
 })
 
 
@@ -56,11 +109,12 @@ def _with_links(request: Request, snapshot: dict[str, Any]) -> dict[str, Any]:
 
 
 class ConsultationListCreate(APIView):
+    # Declared on the view so the schema describes the paginated object the list really is.
+    pagination_class = PageNumberPagination
+
     @extend_schema(responses=ConsultationSummarySerializer(many=True))
     def get(self, request: Request) -> Response:
-        from rest_framework.pagination import PageNumberPagination
-
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         queryset = consultation_history(user=request.user,  # type: ignore[arg-type]
                                         search=request.query_params.get("q", "")[:200])
         page = paginator.paginate_queryset(queryset, request, view=self)
@@ -103,8 +157,6 @@ def _authenticate(request: HttpRequest) -> Any:
 
 async def consultation_stream(request: HttpRequest, consultation_id: int) -> HttpResponseBase:
     """Server-sent events for integrators: `Authorization: Token <key>`; same events as the page."""
-    from clinic.quick import consultation_events
-
     try:
         user = await sync_to_async(_authenticate)(request)
     except AuthenticationFailed as error:
@@ -112,8 +164,6 @@ async def consultation_stream(request: HttpRequest, consultation_id: int) -> Htt
     if user is None:
         return JsonResponse({"error": "Authentication credentials were not provided; send "
                              "`Authorization: Token <key>`."}, status=401)
-    from django.http import Http404
-
     try:
         consultation = await sync_to_async(consultation_for_user)(
             consultation_id=consultation_id, user=user)
@@ -123,10 +173,10 @@ async def consultation_stream(request: HttpRequest, consultation_id: int) -> Htt
     async def events() -> AsyncIterator[str]:
         if consultation.mode == Consultation.Mode.QUICK and consultation.user_id == user.pk:
             async for event in consultation_events(consultation.pk):
-                yield f"event: {event['event']}\ndata: {json.dumps(event['data'])}\n\n"
+                yield sse_frame(event)
         else:
             snapshot = await sync_to_async(consultation_snapshot)(consultation.pk)
-            yield f"event: snapshot\ndata: {json.dumps(snapshot)}\n\n"
+            yield sse_frame({"event": "snapshot", "data": snapshot})
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

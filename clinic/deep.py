@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -28,8 +29,28 @@ from django.db.models import DateTimeField, F, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from clinic.models import Claim, Consultation, DeepConsultStep, RetrievedPassage
+from clinic.answering import (
+    Passage,
+    Verification,
+    build_messages,
+    finalize_answer,
+    fit,
+    retrieve,
+    store_passages,
+    store_route,
+    stored_passages,
+    verify_answer,
+)
+from clinic.models import Claim, Consultation, DeepConsultStep
+from modelsvc.accounting import MeteredCall, metered_chat
+from modelsvc.client import ChatResult
 from modelsvc.errors import ModelServiceError
+from modelsvc.models import ModelCall
+from modelsvc.prompts import PROMPT_VERSION, neutralise
+from modelsvc.router import route
+from modelsvc.tokens import count_message_tokens
+from retrieval.embedding import embed_query
+from retrieval.search import RetrievalError, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +62,6 @@ FINISHED_STEP = {StepStatus.DONE, StepStatus.SKIPPED}
 
 MAX_SUB_QUESTIONS = 3
 PLAN_MAX_TOKENS = 160
-PASSAGES_PER_SUB_QUESTION = 4
-MAX_PASSAGES = 10
 SUB_QUESTION_MAX_CHARS = 300
 
 PLAN_SYSTEM_PROMPT = (
@@ -134,8 +153,6 @@ def deep_consult_run(*, consultation_id: int, job_id: str | None = None, worker:
                  f"{settings.DEEP_CONSULT_TIME_LIMIT} s and was stopped. {RETRY_HINT}")
         return Consultation.Status.FAILED
     except Exception as error:
-        from retrieval.search import RetrievalError
-
         if not Consultation.objects.filter(pk=consultation_id).exists():
             logger.info("deep consult %s was deleted while it ran (%r)", consultation_id, error)
             return "dropped: the consultation was deleted"
@@ -228,6 +245,12 @@ class _Scored:
     support_rate: float | None
     low_support: bool
     cited: list[int]
+
+    @classmethod
+    def of(cls, verification: Verification) -> _Scored:
+        return cls(claims=len(verification.claims), supported=verification.supported,
+                   support_rate=verification.support_rate, low_support=verification.abstain,
+                   cited=verification.cited_numbers)
 
     def as_output(self) -> dict[str, Any]:
         return {"claims": self.claims, "supported": self.supported,
@@ -322,19 +345,13 @@ class DeepConsultJob:
         logger.warning("deep consult %s will be retried: %s", self.consultation_id, message)
 
     def _spent_tokens(self) -> int:
-        from modelsvc.models import ModelCall
-
         totals = ModelCall.objects.filter(consultation_id=self.consultation_id).aggregate(
             prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"))
         return (totals["prompt"] or 0) + (totals["completion"] or 0)
 
     def _chat(self, step: DeepConsultStep, messages: list[dict[str, Any]], *, max_tokens: int,
-              purpose: str) -> Any:
+              purpose: str) -> ChatResult:
         """One model call within the token budget, recorded whether it succeeds or not."""
-        from modelsvc.accounting import record_call
-        from modelsvc.client import get_client
-        from modelsvc.tokens import count_message_tokens
-
         consultation = self.consultation
         budget = consultation.token_budget or settings.DEEP_CONSULT_TOKEN_BUDGET
         spent = self._spent_tokens()
@@ -345,25 +362,19 @@ class DeepConsultJob:
                 f"{needed:,} model tokens, and only {max(budget - spent, 0):,} of its budget of "
                 f"{budget:,} are left ({spent:,} spent). Ask a narrower question, or a quick "
                 "answer."))
-        model_name = consultation.routed_model_name or settings.MODEL_NAME
-        served_model = consultation.routed_model
-        try:
-            result = get_client().chat(messages, model=model_name, max_tokens=max_tokens)
-        except ModelServiceError as error:
-            record_call(result=None, error=error, purpose=purpose, model_name=model_name,
-                        served_model=served_model, consultation_id=self.consultation_id)
-            raise
-        call = record_call(result=result, error=None, purpose=purpose, model_name=model_name,
-                           served_model=served_model, consultation_id=self.consultation_id)
+        meter = MeteredCall(model_name=consultation.routed_model_name or settings.MODEL_NAME,
+                            purpose=purpose, served_model=consultation.routed_model,
+                            consultation_id=self.consultation_id)
+        metered = metered_chat(messages, meter=meter, max_tokens=max_tokens)
+        result = metered.result
         Consultation.objects.filter(pk=self.consultation_id).update(
             prompt_tokens=F("prompt_tokens") + result.prompt_tokens,
             completion_tokens=F("completion_tokens") + result.completion_tokens,
-            cost=F("cost") + call.cost)
+            cost=F("cost") + metered.call.cost)
         return result
 
-    def _passages(self) -> list[RetrievedPassage]:
-        return list(RetrievedPassage.objects.filter(consultation_id=self.consultation_id)
-                    .order_by("rank"))
+    def _passages(self) -> list[Passage]:
+        return stored_passages(self.consultation_id)
 
     # --- the steps ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -378,24 +389,12 @@ class DeepConsultJob:
             handlers[kind](step)
 
     def _plan(self, step: DeepConsultStep) -> None:
-        from modelsvc.router import route
-        from retrieval.embedding import embed_query
-
         question = self.consultation.question
         decision = route(question, embed_query(question))
-
-        def store_route(consultation: Consultation) -> None:
-            consultation.routed_capability = decision.capability
-            consultation.routed_model = decision.served_model
-            consultation.routed_model_name = decision.model_name
-            consultation.routing_confidence = decision.confidence
-            consultation.routing_fallback = decision.fallback
-            consultation.save(update_fields=["routed_capability", "routed_model",
-                                             "routed_model_name", "routing_confidence",
-                                             "routing_fallback", "updated_at"])
-
         with transaction.atomic():
-            store_route(self._fenced())
+            consultation = self._fenced()
+            fields = store_route(consultation, decision, follow_retrieval=False)
+            consultation.save(update_fields=[*fields, "updated_at"])
         result = self._chat(step, plan_messages(question, self.consultation.patient_note),
                             max_tokens=PLAN_MAX_TOKENS, purpose="deep_plan")
         sub_questions = parse_sub_questions(result.text)
@@ -404,50 +403,40 @@ class DeepConsultJob:
                      tokens=result.prompt_tokens + result.completion_tokens)
 
     def _retrieve(self, step: DeepConsultStep) -> None:
-        from clinic.answers import store_passages
-        from retrieval.search import SearchFilters, search
-
         sub_questions = self.steps[Kind.PLAN].output["sub_questions"]
-        results = [search(sub_question, k=PASSAGES_PER_SUB_QUESTION, mode="hybrid+rerank",
-                          filters=SearchFilters(exclude_retracted=False))
-                   for sub_question in sub_questions]
-        per_sub_question: list[int] = []
+        results = [retrieve(sub_question) for sub_question in sub_questions]
+        consultation = self.consultation
+        # Fitted for the draft's prompt, so the passages stored are the passages it reads.
+        fitted = fit(consultation.question, merge_sub_question_hits(results),
+                     max_tokens=settings.ANSWER_MAX_TOKENS,
+                     patient_note=consultation.patient_note)
+        per_sub_question = [sum(1 for p in fitted.shown if p.sub_question == index)
+                            for index in range(len(results))]
 
         def store(consultation: Consultation) -> None:
-            # A passage found for two sub-questions is stored once, under the first.
-            RetrievedPassage.objects.filter(consultation_id=consultation.pk).delete()
-            room = MAX_PASSAGES
-            for index, result in enumerate(results):
-                stored = store_passages(consultation, result.hits[:max(room, 0)],
-                                        sub_question=index)
-                per_sub_question.append(len(stored))
-                room -= len(stored)
+            # A rerun of a step that never finished starts from no passages.
+            store_passages(consultation, fitted.shown, replace=True)
             consultation.index_version = results[0].index_version if results else ""
             consultation.save(update_fields=["index_version", "updated_at"])
 
         # Stored with the step's DONE in one transaction: a rerun never finds half the passages.
         with transaction.atomic():
             store(self._fenced())
-            self._finish(step, {"passages": sum(per_sub_question),
+            self._finish(step, {"passages": len(fitted.shown),
                                 "per_sub_question": per_sub_question,
                                 "index_version": self.consultation.index_version})
 
     def _draft(self, step: DeepConsultStep) -> None:
-        from clinic.answers import prompt_passages
-        from modelsvc.prompts import PROMPT_VERSION, build_answer_messages
-        from modelsvc.tokens import fit_passages
-
         passages = self._passages()
         if not passages:
             self._finish(step, {"reason": "No passages were found, so there is nothing to "
                                 "draft from."}, status=StepStatus.SKIPPED)
             return
         consultation = self.consultation
-        fitted = fit_passages(consultation.question, prompt_passages(passages),
-                              max_completion_tokens=settings.ANSWER_MAX_TOKENS,
-                              patient_note=consultation.patient_note)
-        messages = build_answer_messages(consultation.question, fitted,
-                                         patient_note=consultation.patient_note)
+        fitted = fit(consultation.question, passages, max_tokens=settings.ANSWER_MAX_TOKENS,
+                     patient_note=consultation.patient_note)
+        messages = build_messages(consultation.question, fitted.prompted,
+                                  patient_note=consultation.patient_note)
         result = self._chat(step, messages, max_tokens=settings.ANSWER_MAX_TOKENS,
                             purpose="deep_draft")
 
@@ -457,7 +446,7 @@ class DeepConsultJob:
             consultation.save(update_fields=["answer_text", "prompt_version", "updated_at"])
 
         self._finish(step, {"text": result.text, "finish_reason": result.finish_reason,
-                            "passages_used": [p.number for p in fitted]},
+                            "passages_used": [p.number for p in fitted.prompted]},
                      tokens=result.prompt_tokens + result.completion_tokens, store=store)
 
     def _verify(self, step: DeepConsultStep) -> None:
@@ -465,14 +454,10 @@ class DeepConsultJob:
         if draft.status == StepStatus.SKIPPED:
             self._finish(step, {"reason": "No draft to verify."}, status=StepStatus.SKIPPED)
             return
-        scored = score_text(draft.output["text"], self._passages())
+        scored = _Scored.of(verify_answer(draft.output["text"], self._passages()))
         self._finish(step, {**scored.as_output(), "cited": scored.cited})
 
     def _revise(self, step: DeepConsultStep) -> None:
-        from clinic.answers import prompt_passages
-        from modelsvc.prompts import build_answer_messages
-        from modelsvc.tokens import count_message_tokens, fit_passages
-
         verify = self.steps[Kind.VERIFY]
         if verify.status == StepStatus.SKIPPED or not verify.output["low_support"]:
             reason = ("No draft to revise." if verify.status == StepStatus.SKIPPED
@@ -487,17 +472,17 @@ class DeepConsultJob:
         consultation = self.consultation
         follow_up = [{"role": "assistant", "content": draft_text},
                      {"role": "user", "content": REVISE_INSTRUCTION}]
-        fitted = fit_passages(
-            consultation.question,
-            [p for p in prompt_passages(passages) if p.number in wanted],
-            max_completion_tokens=settings.ANSWER_MAX_TOKENS + count_message_tokens(follow_up),
-            patient_note=consultation.patient_note)
-        messages = [*build_answer_messages(consultation.question, fitted,
-                                           patient_note=consultation.patient_note),
+        cited = [p for p in passages if p.number in wanted]
+        fitted = fit(consultation.question, cited, max_tokens=settings.ANSWER_MAX_TOKENS,
+                     extra_tokens=count_message_tokens(follow_up),
+                     patient_note=consultation.patient_note, shown=len(cited),
+                     prompted=len(cited))
+        messages = [*build_messages(consultation.question, fitted.prompted,
+                                    patient_note=consultation.patient_note),
                     *follow_up]
         result = self._chat(step, messages, max_tokens=settings.ANSWER_MAX_TOKENS,
                             purpose="deep_revise")
-        scored = score_text(result.text, passages)
+        scored = _Scored.of(verify_answer(result.text, passages))
 
         def store(consultation: Consultation) -> None:
             consultation.answer_text = result.text
@@ -508,8 +493,6 @@ class DeepConsultJob:
                      tokens=result.prompt_tokens + result.completion_tokens, store=store)
 
     def _final(self, step: DeepConsultStep) -> None:
-        from clinic.answers import finalize_answer
-
         revise, draft = self.steps[Kind.REVISE], self.steps[Kind.DRAFT]
         if revise.status == StepStatus.DONE:
             text = revise.output["text"]
@@ -540,8 +523,6 @@ class DeepConsultJob:
 # --- pure helpers -----------------------------------------------------------------------------
 
 def plan_messages(question: str, patient_note: str = "") -> list[dict[str, Any]]:
-    from modelsvc.prompts import neutralise
-
     user = f"<question>\n{neutralise(question)}\n</question>"
     if patient_note.strip():
         user += f"\n<patient_note>\n{neutralise(patient_note)}\n</patient_note>"
@@ -586,17 +567,21 @@ def parse_sub_questions(text: str) -> list[str]:
     return sub_questions
 
 
-def score_text(text: str, passages: list[RetrievedPassage]) -> _Scored:
-    """Score an answer's claims as finalize_answer does, without storing anything."""
-    from modelsvc.citations import parse_answer
-    from modelsvc.verification import score_claims, should_abstain, support_rate
-    from retrieval.embedding import embed_texts
-
-    by_rank = {p.rank: p.text for p in passages}
-    parsed = parse_answer(text, max(by_rank) if by_rank else 0)
-    supports = score_claims(parsed.claims, by_rank, embed=embed_texts) if parsed.claims else []
-    return _Scored(claims=len(parsed.claims), supported=sum(1 for s in supports if s.supported),
-                   support_rate=support_rate(supports),
-                   low_support=should_abstain(parsed.claims, supports),
-                   cited=sorted({n for claim in parsed.claims for n in claim.citations
-                                 if n in by_rank}))
+def merge_sub_question_hits(results: list[SearchResult]) -> list[Passage]:
+    """Each sub-question's share of ANSWER_PASSAGES_SHOWN, numbered in order; a passage found
+    for two sub-questions is kept once, under the first."""
+    shown = settings.ANSWER_PASSAGES_SHOWN
+    share = math.ceil(shown / len(results)) if results else 0
+    seen: set[int] = set()
+    merged: list[Passage] = []
+    for index, result in enumerate(results):
+        taken = 0
+        for hit in result.hits:
+            if taken == share or len(merged) == shown:
+                break
+            if hit.chunk_id in seen:
+                continue
+            seen.add(hit.chunk_id)
+            merged.append(Passage.from_hit(len(merged) + 1, hit, sub_question=index))
+            taken += 1
+    return merged

@@ -18,6 +18,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from modelsvc.client import get_client
+from retrieval.index_store import current_status
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,14 +45,10 @@ def _check_redis() -> dict[str, Any]:
 
 
 def _check_model_server() -> dict[str, Any]:
-    from modelsvc.client import get_client
-
     return get_client().check_ready(timeout=settings.MODEL_READY_TIMEOUT)
 
 
 def _check_index() -> dict[str, Any]:
-    from retrieval.index_store import current_status
-
     status = current_status()
     if not status.get("loaded"):
         raise RuntimeError(status.get("message") or "No literature index is built yet; run "

@@ -15,7 +15,8 @@ CONTENT_SECURITY_POLICY = (
     "object-src 'none'"
 )
 
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/accounts/login/", "/static/", "/admin/login/")
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/accounts/login/", "/static/", "/admin/login/",
+                   "/favicon.ico")
 
 
 class ContentSecurityPolicyMiddleware:
@@ -24,8 +25,8 @@ class ContentSecurityPolicyMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if request.path.startswith(("/admin/", "/api/v1/docs")):
-            # The admin and Swagger UI ship inline scripts of their own.
+        if request.path.startswith(("/admin/", "/api/v1/docs", "/api/v1/redoc")):
+            # The admin, Swagger UI and Redoc ship inline scripts and styles of their own.
             response.setdefault(
                 "Content-Security-Policy",
                 CONTENT_SECURITY_POLICY.replace("script-src 'self'", "script-src 'self' "

@@ -1,4 +1,4 @@
-"""The quick answer: retrieve, route, stream tokens, verify, store; as server-sent events.
+"""The quick answer: the answering pipeline (clinic.answering), streamed as server-sent events.
 
 Generation runs as a task of its own, detached from the browser's connection: a dropped
 connection or a reload never loses the answer, the task finishes and stores it, and the page
@@ -8,6 +8,7 @@ that comes back subscribes again (or tails the database when another process gen
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -15,21 +16,35 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from clinic.models import Consultation, RetrievedPassage
+from clinic.answering import (
+    PreparedAnswer,
+    finalize_answer,
+    prepare_answer,
+    stored_passages,
+    stream_answer,
+)
+from clinic.models import Consultation
 from clinic.selectors import consultation_snapshot
+from modelsvc.accounting import MeteredResult
+from modelsvc.client import TextDelta
+from modelsvc.errors import ModelServiceError
+from retrieval.search import RetrievalError
 
 logger = logging.getLogger(__name__)
+
+
+def sse_frame(event: dict[str, Any]) -> str:
+    """One server-sent event on the wire, as the page and the API both send it."""
+    return f"event: {event['event']}\ndata: {json.dumps(event['data'])}\n\n"
 
 # A running answer whose row has not moved for this long is taken to be orphaned (its process
 # died) and is generated again.
 STALE_AFTER = timedelta(seconds=45)
 SAVE_EVERY_SECONDS = 0.5
-PASSAGES_SHOWN = 6
 
 _tasks: dict[int, asyncio.Task[None]] = {}
 _texts: dict[int, str] = {}
@@ -58,75 +73,11 @@ def _fail(consultation_id: int, message: str) -> None:
         status=Consultation.Status.FAILED, error_message=message, updated_at=timezone.now())
 
 
-def _prepare(consultation_id: int) -> dict[str, Any]:
-    """Embed, route, retrieve and store the passages; returns what generation needs."""
-    from clinic.answers import prompt_passages, store_passages
-    from modelsvc.router import route
-    from modelsvc.tokens import fit_passages
-    from retrieval.embedding import embed_query
-    from retrieval.search import SearchFilters, search
-
+def _prepare(consultation_id: int) -> PreparedAnswer:
+    """Route, retrieve, fit and store the passages shown; returns what generation needs."""
     consultation = Consultation.objects.get(pk=consultation_id)
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    query_embedding = embed_query(consultation.question)
-    timings["embed_ms"] = (time.monotonic() - started) * 1000
-
-    started = time.monotonic()
-    decision = route(consultation.question, query_embedding)
-    timings["route_ms"] = (time.monotonic() - started) * 1000
-    consultation.routed_capability = decision.capability
-    consultation.routed_model = decision.served_model
-    consultation.routed_model_name = decision.model_name
-    consultation.routing_confidence = decision.confidence
-    consultation.routing_fallback = decision.fallback
-    consultation.use_retrieval = decision.use_retrieval
-    consultation.suggested_deep = decision.deep
-
-    passages: list[RetrievedPassage] = []
-    consultation.passages.all().delete()
-    if decision.use_retrieval:
-        started = time.monotonic()
-        result = search(consultation.question, k=PASSAGES_SHOWN, mode="hybrid+rerank",
-                        filters=SearchFilters(exclude_retracted=False),
-                        query_embedding=query_embedding)
-        timings["retrieve_ms"] = (time.monotonic() - started) * 1000
-        timings.update({f"retrieve_{k}": v for k, v in result.timings_ms.items()})
-        consultation.index_version = result.index_version
-        passages = store_passages(consultation, result.hits)
-
-    from modelsvc.prompts import PROMPT_VERSION, build_answer_messages, build_no_retrieval_messages
-
-    if passages:
-        fitted = fit_passages(consultation.question, prompt_passages(passages),
-                              max_completion_tokens=settings.ANSWER_MAX_TOKENS,
-                              patient_note=consultation.patient_note)
-        kept = {p.number for p in fitted}
-        dropped = [p.pk for p in passages if p.rank not in kept]
-        if dropped:
-            RetrievedPassage.objects.filter(pk__in=dropped).delete()
-            passages = [p for p in passages if p.rank in kept]
-        messages = build_answer_messages(consultation.question, fitted,
-                                         patient_note=consultation.patient_note)
-    else:
-        fit_passages(consultation.question, [], max_completion_tokens=settings.ANSWER_MAX_TOKENS,
-                     patient_note=consultation.patient_note)
-        messages = build_no_retrieval_messages(consultation.question,
-                                               patient_note=consultation.patient_note)
-    consultation.prompt_version = PROMPT_VERSION
-    consultation.stage_timings = {k: round(v, 1) for k, v in timings.items()}
-    consultation.save()
-    return {"messages": messages, "model": decision.model_name,
-            "served_model": decision.served_model}
-
-
-def _record_failure(consultation_id: int, error: Any) -> None:
-    from modelsvc.accounting import record_call
-
-    consultation = Consultation.objects.select_related("routed_model").get(pk=consultation_id)
-    record_call(result=None, error=error, purpose="answer",
-                model_name=consultation.routed_model_name or settings.MODEL_NAME,
-                served_model=consultation.routed_model, consultation_id=consultation_id)
+    return prepare_answer(consultation.question, patient_note=consultation.patient_note,
+                          consultation=consultation)
 
 
 def _save_partial(consultation_id: int, text: str) -> None:
@@ -134,25 +85,20 @@ def _save_partial(consultation_id: int, text: str) -> None:
         answer_text=text, updated_at=timezone.now())
 
 
-def _complete(consultation_id: int, text: str, result: Any, served_model: Any,
+def _complete(consultation_id: int, text: str, metered: MeteredResult,
               timings: dict[str, float]) -> None:
-    from clinic.answers import finalize_answer
-    from modelsvc.accounting import record_call
-
     consultation = Consultation.objects.get(pk=consultation_id)
+    result = metered.result
     started = time.monotonic()
     with transaction.atomic():
-        call = record_call(result=result, error=None, purpose="answer",
-                           model_name=result.model or consultation.routed_model_name,
-                           served_model=served_model, consultation_id=consultation_id)
         consultation.prompt_tokens = result.prompt_tokens
         consultation.completion_tokens = result.completion_tokens
-        consultation.cost = call.cost
+        consultation.cost = metered.call.cost
         consultation.time_to_first_token_ms = result.time_to_first_token_ms
         consultation.stage_timings = {**consultation.stage_timings, **timings}
         consultation.save(update_fields=["prompt_tokens", "completion_tokens", "cost",
                                          "time_to_first_token_ms", "stage_timings", "updated_at"])
-        finalize_answer(consultation, text, list(consultation.passages.all()))
+        finalize_answer(consultation, text, stored_passages(consultation_id))
     verify_ms = (time.monotonic() - started) * 1000
     total_ms = int((timezone.now() - consultation.started_at).total_seconds() * 1000) \
         if consultation.started_at else None
@@ -162,10 +108,6 @@ def _complete(consultation_id: int, text: str, result: Any, served_model: Any,
 
 
 async def _generate(consultation_id: int) -> None:
-    from modelsvc.client import StreamDone, TextDelta, get_client
-    from modelsvc.errors import ModelServiceError
-    from retrieval.search import RetrievalError
-
     try:
         _publish(consultation_id, {"event": "stage", "data": {"stage": "retrieving"}})
         prepared = await sync_to_async(_prepare, thread_sensitive=False)(consultation_id)
@@ -176,10 +118,9 @@ async def _generate(consultation_id: int) -> None:
         text = ""
         last_save = time.monotonic()
         generate_started = time.monotonic()
-        result = None
-        async for event in get_client().astream_chat(
-                prepared["messages"], model=prepared["model"],
-                max_tokens=settings.ANSWER_MAX_TOKENS):
+        metered: MeteredResult | None = None
+        async for event in stream_answer(prepared, purpose="answer",
+                                         consultation_id=consultation_id):
             if isinstance(event, TextDelta):
                 if not text:
                     _publish(consultation_id, {"event": "first_token", "data": {
@@ -190,17 +131,17 @@ async def _generate(consultation_id: int) -> None:
                 if time.monotonic() - last_save > SAVE_EVERY_SECONDS:
                     await sync_to_async(_save_partial)(consultation_id, text)
                     last_save = time.monotonic()
-            elif isinstance(event, StreamDone):
-                result = event.result
+            else:
+                metered = event
+        if metered is None:
+            raise RuntimeError("the model stream ended without its final result")
         await sync_to_async(_save_partial)(consultation_id, text)
         _publish(consultation_id, {"event": "stage", "data": {"stage": "verifying"}})
         generate_ms = (time.monotonic() - generate_started) * 1000
         await sync_to_async(_complete, thread_sensitive=False)(
-            consultation_id, text, result, prepared["served_model"],
-            {"generate_ms": round(generate_ms, 1)})
+            consultation_id, text, metered, {"generate_ms": round(generate_ms, 1)})
     except ModelServiceError as error:
         logger.warning("answer %s failed at the model server: %s", consultation_id, error.message)
-        await sync_to_async(_record_failure)(consultation_id, error)
         await sync_to_async(_fail)(consultation_id, error.message + " Your question is saved; "
                                    "press Retry.")
     except RetrievalError as error:

@@ -11,8 +11,10 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from clinic import tasks
 from clinic.models import Consultation, Feedback
 from clinic.signals import feedback_received
+from jobs.queueing import enqueue_after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,8 @@ def check_rate_limit(user: User) -> None:
     if recent >= settings.RATE_LIMIT_PER_MINUTE:
         raise RateLimited(
             f"You have asked {recent} questions in the last minute, the most allowed is "
-            f"{settings.RATE_LIMIT_PER_MINUTE}. Wait a minute and try again; your question is "
-            "still in the box.", retry_after=60)
+            f"{settings.RATE_LIMIT_PER_MINUTE}. Wait a minute and send it again; this one was "
+            "not stored.", retry_after=60)
 
 
 def consultation_create(*, user: User, question: str, patient_note: str = "",
@@ -82,29 +84,12 @@ def consultation_create(*, user: User, question: str, patient_note: str = "",
     return consultation
 
 
-class QueueUnavailable(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 def deep_consult_enqueue(consultation: Consultation) -> None:
     """Queue the job after the row is committed; a broker outage marks it failed, keeping it."""
-    from clinic.tasks import run_deep_consult
-
-    def send() -> None:
-        try:
-            run_deep_consult.apply_async(args=[consultation.pk], retry=False)
-        except Exception as error:  # kombu/redis raise many types; the person needs one sentence
-            logger.warning("could not queue deep consult %s: %s", consultation.pk, error)
-            Consultation.objects.filter(pk=consultation.pk).update(
-                status=Consultation.Status.FAILED,
-                error_message="The job queue (Redis) is not reachable, so the deep consult "
-                "could not start. Your question is saved; press Retry when it is back, or ask "
-                "for a quick answer.",
-                updated_at=timezone.now())
-
-    transaction.on_commit(send)
+    enqueue_after_commit(
+        tasks.run_deep_consult, consultation, job="the deep consult",
+        what_to_do="Your question is saved; press Retry when it is back, or ask for a quick "
+        "answer.")
 
 
 def consultation_retry(*, consultation: Consultation) -> Consultation:

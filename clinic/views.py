@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
@@ -21,6 +19,7 @@ from django.http import (
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from clinic import quick
 from clinic.forms import AskForm, FeedbackForm
 from clinic.models import Consultation
 from clinic.selectors import consultation_for_user, consultation_history, consultation_snapshot
@@ -49,7 +48,9 @@ def ask(request: HttpRequest) -> HttpResponse:
             return render(request, "clinic/ask.html", {"form": form, "error": error.message},
                           status=400)
         except RateLimited as error:
-            response = render(request, "clinic/ask.html", {"form": form, "error": error.message},
+            # The page keeps the typed question in the form, ready to send again.
+            message = f"{error.message} Your question is still in the box below."
+            response = render(request, "clinic/ask.html", {"form": form, "error": message},
                               status=429)
             response["Retry-After"] = str(error.retry_after)
             return response
@@ -82,14 +83,8 @@ def consultation_snapshot_json(request: HttpRequest, consultation_id: int) -> Js
     return JsonResponse(consultation_snapshot(consultation.pk))
 
 
-def _sse(event: dict[str, Any]) -> str:
-    return f"event: {event['event']}\ndata: {json.dumps(event['data'])}\n\n"
-
-
 async def consultation_events(request: HttpRequest, consultation_id: int) -> HttpResponseBase:
     """Server-sent events: the snapshot, then tokens as they are generated, then the final state."""
-    from clinic.quick import consultation_events as events
-
     # django-stubs types the user as User | AnonymousUser; LoginRequiredEverywhereMiddleware
     # lets only logged-in users reach this view.
     user = await request.auser()
@@ -98,14 +93,14 @@ async def consultation_events(request: HttpRequest, consultation_id: int) -> Htt
     if consultation.mode != Consultation.Mode.QUICK or consultation.user_id != user.pk:
         async def snapshot_only() -> AsyncIterator[str]:
             snapshot = await sync_to_async(consultation_snapshot)(consultation.pk)
-            yield _sse({"event": "snapshot", "data": snapshot})
+            yield quick.sse_frame({"event": "snapshot", "data": snapshot})
             if snapshot["finished"]:
-                yield _sse({"event": "final", "data": snapshot})
+                yield quick.sse_frame({"event": "final", "data": snapshot})
         stream: AsyncIterator[str] = snapshot_only()
     else:
         async def relay() -> AsyncIterator[str]:
-            async for event in events(consultation.pk):
-                yield _sse(event)
+            async for event in quick.consultation_events(consultation.pk):
+                yield quick.sse_frame(event)
         stream = relay()
     response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

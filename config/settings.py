@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "retrieval",
     "modelsvc",
     "clinic",
@@ -222,6 +223,39 @@ MODEL_READY_TIMEOUT = env_float("MODEL_READY_TIMEOUT", 20.0, minimum=0.5,
                                 help="Deadline for the one-token readiness completion.")
 ANSWER_MAX_TOKENS = env_int("ANSWER_MAX_TOKENS", 384, minimum=16,
                             help="Most tokens generated for one answer.")
+ANSWER_PASSAGES_RETRIEVED = env_int(
+    "ANSWER_PASSAGES_RETRIEVED", 10, minimum=1, maximum=100,
+    help="Passages retrieved per question (also the Recall@k depth of evaluation runs).")
+ANSWER_PASSAGES_SHOWN = env_int(
+    "ANSWER_PASSAGES_SHOWN", 6, minimum=1, maximum=100,
+    help="Top retrieved passages kept and shown with an answer (at most "
+    "ANSWER_PASSAGES_RETRIEVED).")
+ANSWER_PASSAGES_PROMPTED = env_int(
+    "ANSWER_PASSAGES_PROMPTED", 6, minimum=1, maximum=100,
+    help="Top shown passages put in the model's prompt, as far as the context window allows "
+    "(at most ANSWER_PASSAGES_SHOWN).")
+if not ANSWER_PASSAGES_PROMPTED <= ANSWER_PASSAGES_SHOWN <= ANSWER_PASSAGES_RETRIEVED:
+    raise ImproperlyConfigured(
+        f"ANSWER_PASSAGES_PROMPTED={ANSWER_PASSAGES_PROMPTED}, ANSWER_PASSAGES_SHOWN="
+        f"{ANSWER_PASSAGES_SHOWN} and ANSWER_PASSAGES_RETRIEVED={ANSWER_PASSAGES_RETRIEVED} must "
+        "not increase from retrieved to prompted: the model is prompted with passages that are "
+        "shown, and only retrieved passages can be shown.")
+VERIFIER_ENGINE = env_choice(
+    "VERIFIER_ENGINE", "auto", ["auto", "lexical", "cross-encoder", "judge"],
+    help="Claim check: cross-encoder (entailment: supported / contradicted / not_found), "
+    "lexical (embedding + word overlap, never says contradicted), judge (the served judge "
+    "model, for GPU servers); auto = cross-encoder when VERIFIER_MODEL is set or a verifier "
+    "was trained (manage.py train_verifier), else lexical.")
+VERIFIER_MODEL = env_str(
+    "VERIFIER_MODEL", "",
+    help="Cross-encoder for the claim check: a folder (VAR_DIR/verifiers/<version> or any "
+    "3-label NLI model) or a hub id; labels read from its id2label. Unset = the latest "
+    "verifier trained here.")
+if VERIFIER_MODEL.startswith(("/", ".", "~")) and not Path(VERIFIER_MODEL).expanduser().exists():
+    raise ImproperlyConfigured(
+        f"VERIFIER_MODEL={VERIFIER_MODEL!r} is not a folder that exists: point it at a verifier "
+        "folder (VAR_DIR/verifiers/<version>) or an NLI cross-encoder, or unset it to use the "
+        "latest verifier trained with `manage.py train_verifier`.")
 
 # --- Retrieval --------------------------------------------------------------------------
 EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "",
@@ -297,17 +331,22 @@ EXPORT_PSEUDONYM_KEY = env_str("EXPORT_PSEUDONYM_KEY", "",
 # --- Evaluation -------------------------------------------------------------------------
 EVAL_CONCURRENCY = env_int("EVAL_CONCURRENCY", 2, minimum=1, maximum=64,
                            help="Questions an evaluation run sends to the model server at once.")
-EVAL_RETRIEVAL_K = env_int("EVAL_RETRIEVAL_K", 10, minimum=1, maximum=100,
-                           help="Passages retrieved per evaluation question (Recall@k depth).")
-EVAL_PROMPT_PASSAGES = env_int("EVAL_PROMPT_PASSAGES", 3, minimum=1, maximum=20,
-                               help="Top passages put in the evaluation prompt.")
 EVAL_MAX_TOKENS = env_int("EVAL_MAX_TOKENS", 192, minimum=8,
                           help="Most tokens generated per free-text evaluation answer.")
 EVAL_CHOICE_MAX_TOKENS = env_int("EVAL_CHOICE_MAX_TOKENS", 24, minimum=4,
                                  help="Most tokens generated per multiple-choice answer.")
-EVAL_GATE_SUITES = env_list("EVAL_GATE_SUITES", ["pubmedqa", "mirage"],
+EVAL_GATE_SUITES = env_list("EVAL_GATE_SUITES", ["pubmedqa", "mirage", "reviewed"],
                             help="Suites a candidate model must not be worse on before "
-                            "promotion.")
+                            "promotion; `reviewed` joins once the review queue's held-out "
+                            "split has EVAL_GATE_MIN_ITEMS items.")
+EVAL_GATE_MIN_ITEMS = env_int("EVAL_GATE_MIN_ITEMS", 100, minimum=1,
+                              help="Fewest scored questions a run needs, per suite, before the "
+                              "promotion gate compares it (a --limit 5 run proves nothing).")
+EVAL_GATE_MARGIN = env_float("EVAL_GATE_MARGIN", 0.02, minimum=0.0, maximum=0.5,
+                             help="Non-inferiority margin of the promotion gate, as a "
+                             "proportion (0.02 = 2 points): a candidate passes a suite only "
+                             "if the 95% interval of (candidate - serving) accuracy lies "
+                             "wholly above -margin.")
 
 GIT_COMMIT = env_str("GIT_COMMIT", "", help="Commit recorded with evaluation runs when the "
                      "code is deployed without its .git folder.")
@@ -318,11 +357,16 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "forbidden_without_traceback": {"()": "config.logfilters.ForbiddenWithoutTraceback"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain",
+                             "filters": ["forbidden_without_traceback"]}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         name: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
-        for name in ("clinic", "retrieval", "modelsvc", "config")
+        for name in ("clinic", "review", "evaluation", "retrieval", "modelsvc", "jobs", "config",
+                     "launcher")
     },
 }
 
@@ -334,12 +378,17 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "EXCEPTION_HANDLER": "clinic.api.api_exception_handler",
     "PAGE_SIZE": 20,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Clinical evidence assistant API",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and Redoc are served from our own static files: no CDN (offline machines, CSP).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "clinic.api.add_stream_to_schema",

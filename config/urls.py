@@ -1,7 +1,13 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from django.views.generic import RedirectView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
 
 from clinic import health
 
@@ -13,7 +19,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("clinic.api_urls")),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/v1/docs", SpectacularSwaggerSplitView.as_view(url_name="api-schema"),
+         name="api-docs"),
+    path("api/v1/redoc", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("evaluation/", include("evaluation.urls")),
     path("review/", include("review.urls")),
     path("", include("clinic.urls")),

@@ -1,10 +1,14 @@
-"""The promotion gate: a candidate model or adapter moves to `serving` only when its latest runs
-on the gate suites are not worse than the serving model's beyond the confidence interval.
+"""The promotion gate: a candidate model or adapter moves to `serving` only when, on every gate
+suite, its latest run shows it is not worse than the serving model's by more than a margin.
 
-"Worse beyond the interval": the 95% Newcombe interval of (candidate - serving) accuracy lies
-wholly below zero. Accuracy here is `accuracy_all` (unparseable answers count as not correct),
-the conservative figure. Runs must be on the same data (same hash) to be compared at all.
-An admin may override a refusal with a reason; every decision is stored.
+Non-inferiority: the lower end of the 95% Newcombe interval of (candidate - serving)
+accuracy must lie above -EVAL_GATE_MARGIN (0.02 = 2 points). A candidate that merely is not
+*shown* to be worse does not pass: too few questions give an interval wide enough to hide any
+regression, so each run also needs EVAL_GATE_MIN_ITEMS scored questions (a `--limit 5` run is
+refused with a sentence saying so). Accuracy here is `accuracy_all` (unparseable answers count
+as not correct), the conservative figure. Runs must be on the same data (same hash) to be
+compared at all. The reviewed suite counts once the review queue's held-out split has enough
+items. An admin may override a refusal with a reason; every decision is stored.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.contrib import messages
 from django.db import transaction
 from django.utils import timezone
 
 from evaluation.metrics import difference_interval
 from evaluation.models import EvalRun, PromotionDecision
-
-DEFAULT_GATE_SUITES = ("pubmedqa", "mirage")
+from evaluation.reviewed import held_out_items
+from evaluation.suites import EvalError
+from modelsvc.models import ServedModel
+from modelsvc.router import serving_model_for
 
 
 class PromotionRefused(Exception):
@@ -29,16 +36,38 @@ class PromotionRefused(Exception):
         self.decision = decision
 
 
+# Grows with the review queue: it joins the gate once it is big enough to say something.
+GROWING_SUITES = ("reviewed",)
+
+
 @dataclass
 class GateResult:
     passed: bool
+    min_items: int
+    margin: float
     reasons: list[str] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     serving: Any = None
 
 
 def gate_suites() -> list[str]:
-    return list(getattr(settings, "EVAL_GATE_SUITES", DEFAULT_GATE_SUITES))
+    return list(settings.EVAL_GATE_SUITES)
+
+
+def gate_rules() -> dict[str, Any]:
+    """What the gate asks, for the pages that show its verdict."""
+    return {"suites": gate_suites(), "min_items": settings.EVAL_GATE_MIN_ITEMS,
+            "margin": settings.EVAL_GATE_MARGIN,
+            "margin_points": round(settings.EVAL_GATE_MARGIN * 100, 2)}
+
+
+def reviewed_suite_size() -> int:
+    """Items in the review queue's held-out split (what the reviewed suite would score)."""
+    try:
+        items, _source = held_out_items()
+    except EvalError:
+        return 0
+    return len(items)
 
 
 def latest_run(served_model: Any, suite: str) -> EvalRun | None:
@@ -51,13 +80,32 @@ def _accuracy(run: EvalRun) -> dict[str, Any]:
     return dict((run.metrics.get("headline") or {}).get("accuracy_all") or {})
 
 
+def too_few_items(run: EvalRun, minimum: int) -> str | None:
+    """The sentence refusing a run scored on fewer than `minimum` questions, else None."""
+    scored = int(_accuracy(run).get("n") or 0)
+    if scored >= minimum:
+        return None
+    if run.suite in GROWING_SUITES:
+        advice = ("Review more answers: the suite grows with the review queue's held-out "
+                  "split.")
+    elif run.limit:
+        advice = f"Run the suite without --limit (or with --limit {minimum} or more)."
+    else:
+        advice = f"Run it on a data file with at least {minimum} questions (--data)."
+    return (f"The {run.suite} run {run.pk} scored {scored} items; the gate needs at least "
+            f"{minimum} per suite. {advice}")
+
+
 def compare_runs(candidate: EvalRun, serving: EvalRun) -> dict[str, Any]:
-    """The gate's comparison of two runs of one suite: comparable? worse beyond the CI?"""
+    """The gate's comparison of two runs of one suite: comparable? enough questions? is the
+    candidate's accuracy within the margin of the serving model's, at 95%?"""
+    min_items, margin = settings.EVAL_GATE_MIN_ITEMS, settings.EVAL_GATE_MARGIN
     a, b = _accuracy(candidate), _accuracy(serving)
     comparison: dict[str, Any] = {
         "suite": candidate.suite, "candidate_run": candidate.pk, "serving_run": serving.pk,
         "candidate_accuracy": a.get("value"), "serving_accuracy": b.get("value"),
-        "notes": []}
+        "candidate_n": a.get("n") or 0, "serving_n": b.get("n") or 0,
+        "min_items": min_items, "margin": margin, "notes": []}
     if candidate.data_sha256 != serving.data_sha256 or candidate.limit != serving.limit:
         comparison.update(verdict="not comparable", reason=(
             f"{candidate.suite}: run {candidate.pk} and run {serving.pk} used different "
@@ -67,6 +115,11 @@ def compare_runs(candidate: EvalRun, serving: EvalRun) -> dict[str, Any]:
         comparison.update(verdict="not comparable",
                           reason=f"{candidate.suite}: a run has no scored questions.")
         return comparison
+    small = [sentence for sentence in (too_few_items(candidate, min_items),
+                                       too_few_items(serving, min_items)) if sentence]
+    if small:
+        comparison.update(verdict="too few items", reason=" ".join(small))
+        return comparison
     difference, low, high = difference_interval(a["successes"], a["n"], b["successes"],
                                                 b["n"])
     comparison.update(difference=difference, ci_low=low, ci_high=high)
@@ -74,26 +127,39 @@ def compare_runs(candidate: EvalRun, serving: EvalRun) -> dict[str, Any]:
         if getattr(candidate, name) != getattr(serving, name):
             comparison["notes"].append(f"{name} differs ({getattr(candidate, name) or '-'} vs "
                                        f"{getattr(serving, name) or '-'})")
+    figures = (f"{candidate.suite}: accuracy {a['value']:.1%} vs the serving model's "
+               f"{b['value']:.1%} ({a['n']} and {b['n']} questions), difference "
+               f"{difference:+.1%} (95% CI {low:+.1%} to {high:+.1%})")
+    bound = f"the margin of -{margin * 100:.1f} points"
     if high < 0:
         comparison.update(verdict="worse", reason=(
-            f"{candidate.suite}: accuracy {a['value']:.1%} vs the serving model's "
-            f"{b['value']:.1%}; the difference {difference:+.1%} (95% CI {low:+.1%} to "
-            f"{high:+.1%}) is below zero beyond the confidence interval."))
+            f"{figures}: below zero beyond the confidence interval."))
+    elif low > -margin:
+        comparison.update(verdict="non-inferior", reason=(
+            f"{figures}: the interval's lower end is above {bound}."))
     else:
-        comparison.update(verdict="not worse", reason=(
-            f"{candidate.suite}: accuracy {a['value']:.1%} vs {b['value']:.1%}, difference "
-            f"{difference:+.1%} (95% CI {low:+.1%} to {high:+.1%})."))
+        comparison.update(verdict="inconclusive", reason=(
+            f"{figures}: the interval reaches below {bound}, so a loss larger than the margin "
+            "is not ruled out. More questions narrow the interval."))
     return comparison
 
 
 def check_gate(candidate: Any) -> GateResult:
-    from modelsvc.router import serving_model_for
-
+    min_items, margin = settings.EVAL_GATE_MIN_ITEMS, settings.EVAL_GATE_MARGIN
     serving = serving_model_for(candidate.capability)
     if serving is not None and serving.pk == candidate.pk:
-        return GateResult(False, [f"{candidate.name} is already serving."], serving=serving)
-    result = GateResult(True, serving=serving)
+        return GateResult(False, min_items, margin, [f"{candidate.name} is already serving."],
+                          serving=serving)
+    result = GateResult(True, min_items, margin, serving=serving)
+    checked = 0
     for suite in gate_suites():
+        if suite in GROWING_SUITES:
+            size = reviewed_suite_size()
+            if size < min_items:
+                result.reasons.append(
+                    f"{suite}: not in the gate yet; its held-out split has {size} items and "
+                    f"joins the gate at {min_items}.")
+                continue
         mine = latest_run(candidate, suite)
         if mine is None:
             result.passed = False
@@ -101,6 +167,12 @@ def check_gate(candidate: Any) -> GateResult:
                 f"{suite}: {candidate.name} has no complete run; run `python manage.py "
                 f"evaluate --suite {suite} --model {candidate.name}`.")
             continue
+        small = too_few_items(mine, min_items)
+        if small:
+            result.passed = False
+            result.reasons.append(small)
+            continue
+        checked += 1
         if serving is None:
             result.reasons.append(f"{suite}: no model serves {candidate.capability} yet; "
                                   f"nothing to compare run {mine.pk} with.")
@@ -116,8 +188,12 @@ def check_gate(candidate: Any) -> GateResult:
         comparison = compare_runs(mine, theirs)
         result.comparisons.append(comparison)
         result.reasons.append(comparison["reason"])
-        if comparison["verdict"] != "not worse":
+        if comparison["verdict"] != "non-inferior":
             result.passed = False
+    if result.passed and not checked:
+        result.passed = False
+        result.reasons.append("No gate suite could be checked; set EVAL_GATE_SUITES to at "
+                              "least one suite with enough questions.")
     return result
 
 
@@ -126,8 +202,6 @@ def promote(candidate: Any, *, user: Any, override: bool = False,
     """Move a candidate to serving if the gate passes (or an admin overrides it, with a
     reason); the previous serving model of the capability is retired. Raises
     PromotionRefused (with the stored decision) otherwise."""
-    from modelsvc.models import ServedModel
-
     if override and not override_reason.strip():
         raise ValueError("An override needs a reason.")
     with transaction.atomic():
@@ -156,8 +230,6 @@ def promote(candidate: Any, *, user: Any, override: bool = False,
 
 def admin_promote_action(modeladmin: Any, request: Any, queryset: Any) -> None:
     """Admin action for ServedModelAdmin.actions: promote through the gate, report each."""
-    from django.contrib import messages
-
     for candidate in queryset:
         try:
             promote(candidate, user=request.user)

@@ -17,6 +17,7 @@ class EvalRun(models.Model):
         MIRAGE = "mirage", "MIRAGE exam questions, with and without retrieval"
         REVIEWED = "reviewed", "Reviewed answers held out by the export split"
         ROUTER = "router", "Routing accuracy on labelled questions"
+        CLAIMS = "claims", "Claim verification verdicts on labelled claim/passage pairs"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Waiting to start"

@@ -17,9 +17,14 @@ from typing import Any
 
 from django.conf import settings
 
+from modelsvc.claim_changes import ClaimsFileError, read_claims_file
+from modelsvc.models import RouterVersion
+from modelsvc.router_training import question_fingerprint, training_split_of
+
 RETRIEVAL = "retrieval"
 NO_RETRIEVAL = "no_retrieval"
 ROUTING = "routing"
+VERIFICATION = "verification"
 
 PUBMEDQA_DECISIONS = ("yes", "no", "maybe")
 
@@ -57,6 +62,8 @@ SUITES: dict[str, Suite] = {
     "reviewed": Suite("reviewed", (RETRIEVAL,), "literature", True, ()),
     "router": Suite("router", (ROUTING,), "literature", False,
                     ("pubmedqa/pqal_dev.json", "exam/mirage_medmcqa_mmlu.json")),
+    # Claim/passage pairs judged by the claim check; build a file with `manage.py build_claims`.
+    "claims": Suite("claims", (VERIFICATION,), "literature", False, ()),
 }
 
 
@@ -159,8 +166,27 @@ def router_items(paths: Sequence[Path]) -> list[EvalItem]:
             if item is not None]
 
 
+def unseen_by_router(items: list[EvalItem]) -> list[EvalItem]:
+    """The items whose question the active router never trained on: scoring a classifier on
+    its own training questions measures its memory, not its routing."""
+    active = RouterVersion.objects.filter(active=True).first()
+    if active is None:
+        return items  # no trained router: the fallback rule learnt from nothing
+    seen = training_split_of(active)
+    if seen is None:
+        raise EvalError(f"The active router {active.version} was trained before routers kept "
+                        "their training split, so the router suite cannot leave out the "
+                        "questions it learnt from. Retrain it: `python manage.py train_router`.")
+    unseen = [item for item in items if question_fingerprint(item.question) not in seen]
+    if items and not unseen:
+        raise EvalError(f"Every question in the data was in the training split of router "
+                        f"{active.version}; evaluate it on other questions (--data).")
+    return unseen
+
+
 def reviewed_items(limit: int | None) -> tuple[list[EvalItem], str, str]:
     """Items from the review queue's held-out evaluation split; (items, source, fingerprint)."""
+    # reviewed builds its items from this module's EvalItem, so it loads after this one.
     from evaluation.reviewed import held_out_items
 
     items, source = held_out_items()
@@ -171,11 +197,33 @@ def reviewed_items(limit: int | None) -> tuple[list[EvalItem], str, str]:
     return items, source, hashlib.sha256(payload.encode()).hexdigest()
 
 
+def claim_items(paths: Sequence[Path]) -> list[EvalItem]:
+    """One item per line of claims JSON Lines files: the claim, its label and kind; the
+    passage rides in `reference`."""
+    if not paths:
+        raise EvalError("The claims suite needs --data FILE.jsonl; build one with `python "
+                        "manage.py build_claims --source pubmedqa --out FILE.jsonl`.")
+    items = []
+    for path in paths:
+        try:
+            pairs = read_claims_file(path)
+        except ClaimsFileError as error:
+            raise EvalError(str(error)) from error
+        prefix = f"{path.stem}:" if len(paths) > 1 else ""
+        items += [EvalItem(item_id=f"{prefix}{number}"[:64], question=pair.claim, gold=pair.label,
+                           subset=pair.kind[:32],
+                           reference={"passage": pair.passage, "source": pair.source})
+                  for number, pair in enumerate(pairs, start=1)]
+    return items
+
+
 def load_items(suite: Suite, paths: Sequence[Path], limit: int | None) -> list[EvalItem]:
     if suite.name == "reviewed":
         return reviewed_items(limit)[0]
     if suite.name == "router":
-        items = router_items(paths)
+        items = unseen_by_router(router_items(paths))
+    elif suite.name == "claims":
+        items = claim_items(paths)
     else:
         if len(paths) != 1:
             raise EvalError(f"The {suite.name} suite reads one data file; got {len(paths)}.")

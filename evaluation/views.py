@@ -13,17 +13,17 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from clinic.roles import is_admin
-from evaluation import charts
-from evaluation.gate import PromotionRefused, check_gate, gate_suites, promote
+from evaluation import charts, services
+from evaluation.gate import PromotionRefused, check_gate, gate_rules, promote
 from evaluation.harness import create_run
 from evaluation.models import EvalResult, EvalRun, PromotionDecision
 from evaluation.suites import SUITES, EvalError
+from modelsvc.models import ServedModel
 
 RUNS_ON_DASHBOARD = 100
 RESULTS_PER_PAGE = 50
@@ -70,8 +70,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             suite_charts.append({"suite": suite, "svg": charts.line_chart(
                 f"{suite}: accuracy (unparseable counted as wrong) per run",
                 list(by_model.values()), charts.REFERENCE_FIGURES.get(suite, []))})
-    from modelsvc.models import ServedModel
-
     return render(request, "evaluation/dashboard.html", {
         "runs": runs, "suite_charts": suite_charts, "suites": list(SUITES),
         "served_models": ServedModel.objects.order_by("capability", "name"),
@@ -81,8 +79,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_POST
 @admin_only
 def run_start(request: HttpRequest) -> HttpResponse:
-    from evaluation.tasks import run_evaluation
-
     limit = request.POST.get("limit") or None
     try:
         run = create_run(suite_name=request.POST.get("suite", ""),
@@ -91,7 +87,7 @@ def run_start(request: HttpRequest) -> HttpResponse:
     except (EvalError, ValueError) as error:
         messages.error(request, f"The run could not start: {error}")
         return redirect("evaluation:dashboard")
-    transaction.on_commit(lambda: run_evaluation.delay(run.pk))
+    services.eval_run_enqueue(run)
     messages.success(request, f"Run {run.pk} is queued; this page follows its progress.")
     return redirect("evaluation:run", run_id=run.pk)
 
@@ -101,6 +97,16 @@ def run_start(request: HttpRequest) -> HttpResponse:
 def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
     EvalRun.objects.filter(pk=run_id).update(cancel_requested=True)
     messages.info(request, "Cancellation requested; finished questions are kept.")
+    return redirect("evaluation:run", run_id=run_id)
+
+
+@require_POST
+@admin_only
+def run_resume(request: HttpRequest, run_id: int) -> HttpResponse:
+    if services.eval_run_resume(run_id=run_id) is None:
+        messages.error(request, "Only a failed or cancelled run can be resumed; reload the page.")
+    else:
+        messages.success(request, "Resumed; answers the run already has are kept.")
     return redirect("evaluation:run", run_id=run_id)
 
 
@@ -220,8 +226,6 @@ def compare(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @admin_only
 def models_gate(request: HttpRequest) -> HttpResponse:
-    from modelsvc.models import ServedModel
-
     if request.method == "POST":
         candidate = get_object_or_404(ServedModel, pk=request.POST.get("model"))
         override = request.POST.get("override") == "1"
@@ -241,7 +245,7 @@ def models_gate(request: HttpRequest) -> HttpResponse:
                   ServedModel.objects.filter(status=ServedModel.Status.CANDIDATE)
                   .order_by("capability", "name")]
     return render(request, "evaluation/models.html", {
-        "candidates": candidates, "gate_suites": gate_suites(),
+        "candidates": candidates, "gate": gate_rules(),
         "serving": ServedModel.objects.filter(status=ServedModel.Status.SERVING),
         "decisions": PromotionDecision.objects.select_related(
             "served_model", "decided_by", "compared_with")[:30],

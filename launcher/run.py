@@ -18,6 +18,19 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from launcher.processes import (
+    ProcessStartError,
+    port_is_open,
+    start_embedded_redis,
+    start_model_server,
+    stop_process,
+    wait_for_http,
+)
+from modelsvc.local_models import LocalModelError, ensure_smollm2, ensure_tiny_llama
+
+# Django and the apps' models are imported inside the functions below: this module is loaded
+# before main() has configured settings and called django.setup().
+
 STATUS_WIDTH = 12
 
 
@@ -54,8 +67,6 @@ class Stack:
                 if process.poll() is not None]
 
     def stop(self) -> None:
-        from launcher.processes import stop_process
-
         for name, process in reversed(self.processes):
             if process.poll() is None:
                 say("stop", name)
@@ -104,14 +115,6 @@ def _start(stack: Stack, settings: object) -> int:
     from django.core.management import call_command
     from django.db import OperationalError
 
-    from launcher.processes import (
-        ProcessStartError,
-        port_is_open,
-        start_embedded_redis,
-        start_model_server,
-        wait_for_http,
-    )
-
     bin_dir = Path(sys.executable).parent
     s = django_settings
 
@@ -139,8 +142,6 @@ def _start(stack: Stack, settings: object) -> int:
             say("redis", f"using {s.REDIS_URL}")
 
         if s.MODEL_SERVER_IS_EMBEDDED:
-            from modelsvc.local_models import LocalModelError, ensure_smollm2, ensure_tiny_llama
-
             say("model", f"preparing the local model ({s.LOCAL_MODEL}); the first run converts "
                 "it once")
             builder = ensure_smollm2 if s.LOCAL_MODEL == "smollm2" else ensure_tiny_llama
@@ -209,11 +210,8 @@ def _load_demo_corpus(s: object) -> None:
     if not demo and not background:
         say("literature", "the corpus files are already indexed; nothing to ingest")
         return
-    try:
-        from retrieval.services import ingest_paths
-    except ImportError:
-        say("literature", "the retrieval package is not installed; skipping the corpus")
-        return
+    from retrieval.services import ingest_paths
+
     if demo:
         say("literature", f"indexing the demo corpus ({', '.join(p.name for p in demo)}); "
             "already indexed articles are skipped")

@@ -1,11 +1,20 @@
-"""Every model call becomes a ModelCall row: tokens, latency, cost, outcome."""
+"""Every model call becomes a ModelCall row: tokens, latency, cost, outcome.
+
+`metered_chat` and `metered_stream` are the one way the app calls the model server for an
+answer: each records its call, succeeded or failed, the same way for every caller.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
-from modelsvc.client import ChatResult
+from asgiref.sync import sync_to_async
+
+from modelsvc.client import ChatResult, StreamDone, TextDelta, get_client
 from modelsvc.errors import ModelServiceError
 from modelsvc.models import ModelCall, ServedModel
 
@@ -52,3 +61,58 @@ def record_call(*, result: ChatResult | None, error: ModelServiceError | None, p
         logger.info("model call %s for %s failed: %s (%s)", call.pk, purpose,
                     type(error).__name__, error.detail[:200])
     return call
+
+
+@dataclass(frozen=True)
+class MeteredResult:
+    """A finished call and the ModelCall row that records it."""
+
+    result: ChatResult
+    call: ModelCall
+
+
+@dataclass(frozen=True)
+class MeteredCall:
+    """Who is calling which model, and why: what `record_call` stores beside the outcome."""
+
+    model_name: str
+    purpose: str
+    served_model: ServedModel | None = None
+    consultation_id: int | None = None
+
+    def record(self, *, result: ChatResult | None = None,
+               error: ModelServiceError | None = None) -> ModelCall:
+        return record_call(result=result, error=error, purpose=self.purpose,
+                           model_name=self.model_name, served_model=self.served_model,
+                           consultation_id=self.consultation_id)
+
+
+def metered_chat(messages: list[dict[str, Any]], *, meter: MeteredCall, max_tokens: int,
+                 response_format: dict[str, Any] | None = None) -> MeteredResult:
+    """One completion, recorded whether it succeeds or not (the error is raised again)."""
+    try:
+        result = get_client().chat(messages, model=meter.model_name, max_tokens=max_tokens,
+                                   response_format=response_format)
+    except ModelServiceError as error:
+        meter.record(error=error)
+        raise
+    return MeteredResult(result, meter.record(result=result))
+
+
+async def metered_stream(messages: list[dict[str, Any]], *, meter: MeteredCall,
+                         max_tokens: int, response_format: dict[str, Any] | None = None,
+                         ) -> AsyncIterator[TextDelta | MeteredResult]:
+    """The streamed completion's text deltas, then its MeteredResult; recorded like
+    `metered_chat`. A consumer that stops early leaves no row: nothing finished."""
+    try:
+        async for event in get_client().astream_chat(
+                messages, model=meter.model_name, max_tokens=max_tokens,
+                response_format=response_format):
+            if isinstance(event, StreamDone):
+                call = await sync_to_async(meter.record)(result=event.result)
+                yield MeteredResult(event.result, call)
+            else:
+                yield event
+    except ModelServiceError as error:
+        await sync_to_async(meter.record)(error=error)
+        raise

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 
-from modelsvc.models import ModelCall, RouterVersion, ServedModel
+from modelsvc.models import FROZEN_ONCE_PROMOTED, ModelCall, RouterVersion, ServedModel
 
 
 @admin.register(ServedModel)
@@ -14,6 +16,12 @@ class ServedModelAdmin(admin.ModelAdmin):
     # Status changes only through the evaluation gate (the evaluation app adds the promote
     # action to this admin), never by hand.
     readonly_fields = ("status",)
+
+    def get_readonly_fields(self, request: Any, obj: Any = None) -> Any:
+        # A promoted model is what its runs measured: a change is a new row, not an edit.
+        if obj is not None and obj.status != ServedModel.Status.CANDIDATE:
+            return (*self.readonly_fields, *FROZEN_ONCE_PROMOTED)
+        return self.readonly_fields
 
 
 @admin.register(ModelCall)

@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
+
+# What a promoted model is: runs, promotion decisions and answers refer to these values.
+FROZEN_ONCE_PROMOTED = ("served_name", "base_model", "adapter_path", "capability",
+                        "cost_per_1k_prompt", "cost_per_1k_completion")
+
+
+class ServedModelFrozen(Exception):
+    """A promoted (serving or retired) model cannot change what it is: register a new one."""
+
+    def __init__(self, name: str, status: str, fields: list[str]) -> None:
+        self.message = (
+            f"{name} has been promoted ({status}), so its {', '.join(fields)} cannot change: "
+            "the evaluation runs and promotion decisions that let it serve refer to it as it "
+            "is. Register the change as a new model (a new row) and take it through the gate.")
+        super().__init__(self.message)
+
+
+class ServedModelQuerySet(models.QuerySet["ServedModel"]):
+    def update(self, **kwargs: Any) -> int:
+        frozen = sorted(set(kwargs) & set(FROZEN_ONCE_PROMOTED))
+        if frozen:
+            promoted = self.exclude(status=ServedModel.Status.CANDIDATE).first()
+            if promoted is not None:
+                raise ServedModelFrozen(promoted.name, promoted.status, frozen)
+        return super().update(**kwargs)
 
 
 class ServedModel(models.Model):
-    """A served model or LoRA adapter, addressed by the `model` value sent to the server."""
+    """A served model or LoRA adapter, addressed by the `model` value sent to the server.
+
+    Once promoted it is immutable in what it serves (FROZEN_ONCE_PROMOTED): a change is a new
+    version, a new row that goes through the gate. Only its status moves on (to retired)."""
 
     class Capability(models.TextChoices):
         LITERATURE = "literature", "Literature questions (retrieval)"
@@ -32,8 +62,30 @@ class ServedModel(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = ServedModelQuerySet.as_manager()
+
     def __str__(self) -> str:
         return f"{self.name} ({self.capability}, {self.status})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            self._refuse_frozen_changes(kwargs.get("update_fields"))
+        super().save(*args, **kwargs)
+
+    def _refuse_frozen_changes(self, update_fields: Any) -> None:
+        names = [name for name in FROZEN_ONCE_PROMOTED
+                 if update_fields is None or name in update_fields]
+        if not names:
+            return
+        stored = (type(self).objects.filter(pk=self.pk)
+                  .values("name", "status", *names).first())
+        if stored is None or stored["status"] == self.Status.CANDIDATE:
+            return
+        fields = {field.name: field for field in self._meta.concrete_fields}
+        changed = [name for name in names
+                   if fields[name].to_python(getattr(self, name)) != stored[name]]
+        if changed:
+            raise ServedModelFrozen(stored["name"], stored["status"], changed)
 
 
 class ModelCall(models.Model):
@@ -78,6 +130,10 @@ class RouterVersion(models.Model):
     metrics = models.JSONField(default=dict)
     train_size = models.PositiveIntegerField()
     test_size = models.PositiveIntegerField()
+    # {"seed", "test_fraction", "train": [...], "held_out": [...]}: question fingerprints
+    # (router_training.question_fingerprint), so an evaluation can leave out every question
+    # the router learnt from. Empty for routers trained before the split was kept.
+    training_split = models.JSONField(default=dict, blank=True)
     active = models.BooleanField(default=False, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

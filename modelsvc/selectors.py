@@ -9,7 +9,7 @@ from typing import Any
 
 from django.db.models import Avg, Count, Max, Q, QuerySet, Sum
 
-from modelsvc.models import ModelCall, RouterVersion, ServedModel
+from modelsvc.models import ModelCall
 
 _TOTALS: dict[str, Any] = {
     "calls": Count("id"),
@@ -83,14 +83,3 @@ def totals_by_model(*, since: datetime | None = None,
         "model_name")
     return {str(row["model_name"]): _totals({k: v for k, v in row.items()
                                              if k != "model_name"}) for row in rows}
-
-
-def serving_models(capability: str | None = None) -> QuerySet[ServedModel]:
-    models = ServedModel.objects.filter(status=ServedModel.Status.SERVING)
-    if capability:
-        models = models.filter(capability=capability)
-    return models.order_by("capability", "-updated_at")
-
-
-def active_router() -> RouterVersion | None:
-    return RouterVersion.objects.filter(active=True).first()

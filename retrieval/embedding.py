@@ -34,12 +34,12 @@ class EmbeddingModelError(Exception):
 
 
 def embedding_model_name() -> str:
-    configured = str(getattr(settings, "EMBEDDING_MODEL", "") or "").strip()
+    configured = settings.EMBEDDING_MODEL.strip()
     return configured or "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def _model_location() -> str:
-    configured = str(getattr(settings, "EMBEDDING_MODEL", "") or "").strip()
+    configured = settings.EMBEDDING_MODEL.strip()
     if configured:
         return configured
     try:

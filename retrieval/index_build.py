@@ -17,7 +17,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -227,7 +226,3 @@ def _prune_versions(keep: str) -> None:
     for old in versions[:-KEEP_VERSIONS]:
         if old.name != keep:
             shutil.rmtree(old, ignore_errors=True)
-
-
-def version_path(version: str) -> Path:
-    return index_store.versions_dir() / version

@@ -26,6 +26,7 @@ from django.conf import settings
 from retrieval import embedding, lexical
 from retrieval.errors import RetrievalError
 from retrieval.index_store import LoadedIndex, get_index
+from retrieval.models import Chunk
 
 __all__ = ["Hit", "RetrievalError", "SearchFilters", "SearchResult", "search", "MODES"]
 
@@ -76,7 +77,7 @@ class SearchResult:
 
 
 def reranker_name() -> str:
-    model = str(getattr(settings, "RERANKER_MODEL", "") or "")
+    model = settings.RERANKER_MODEL
     cosine, bm25, article = RESCORE_WEIGHTS
     return f"cross-encoder:{model}" if model else \
         f"rescore:cosine*{cosine}+bm25*{bm25}+article_bm25*{article}"
@@ -265,8 +266,6 @@ def _get_cross_encoder() -> Any:
 
 def _cross_encode(index: LoadedIndex, fused: list[tuple[int, float, int]], query: str
                   ) -> list[tuple[int, float, int]]:
-    from retrieval.models import Chunk
-
     candidates = fused[:CROSS_ENCODER_DEPTH]
     chunk_ids = [int(index.chunk_ids[position]) for _a, _s, position in candidates]
     rows = {c.pk: c for c in Chunk.objects.select_related("article").filter(pk__in=chunk_ids)}
@@ -346,7 +345,7 @@ def search(query: str, *, k: int = 10, mode: str = "hybrid+rerank",
         mark = lap("fusion", mark)
         if mode == "hybrid+rerank":
             assert query_embedding is not None
-            if getattr(settings, "RERANKER_MODEL", ""):
+            if settings.RERANKER_MODEL:
                 final = _cross_encode(index, final, query)
             else:
                 final = _rescore(index, final, query_embedding, bm25_scores,
@@ -367,8 +366,6 @@ def _hits(index: LoadedIndex, ranked: list[tuple[int, float, int]], k: int,
           filters: SearchFilters, stage_ranks: dict[str, dict[int, int]]) -> list[Hit]:
     """Rows for the top chunks; the database is fresher than the index, so chunks deleted or
     articles retracted since the build are dropped here."""
-    from retrieval.models import Chunk
-
     wanted = ranked[: k + 20]
     chunk_ids = [int(index.chunk_ids[position]) for _a, _s, position in wanted]
     rows = {chunk.pk: chunk for chunk in

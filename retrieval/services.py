@@ -19,7 +19,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from retrieval import embedding
+from jobs.queueing import enqueue_after_commit
+from retrieval import embedding, tasks
 from retrieval.chunking import CHUNKER_VERSION, chunk_article, content_hash
 from retrieval.models import Article, Chunk, ChunkEmbedding, IngestFile, IngestRun
 from retrieval.parsers import (
@@ -74,11 +75,8 @@ def ingest_paths(paths: Iterable[Path | str], *, fmt: str | None = None,
                                            bytes_total=path.stat().st_size)
                  for path, file_fmt in zip(resolved, formats, strict=True)]
         if use_celery:
-            from retrieval.tasks import ingest_file_task
-
-            file_ids = [ingest_file.pk for ingest_file in files]
-            transaction.on_commit(
-                lambda: [ingest_file_task.delay(file_id) for file_id in file_ids])
+            for ingest_file in files:
+                ingest_file_enqueue(ingest_file)
     logger.info("ingest run %s: %d file(s), %s", run.pk, len(files),
                 "queued for the Celery workers" if use_celery else "in-process")
     if use_celery:
@@ -88,6 +86,30 @@ def ingest_paths(paths: Iterable[Path | str], *, fmt: str | None = None,
     finish_run(run.pk)
     run.refresh_from_db()
     return run
+
+
+def ingest_file_enqueue(ingest_file: IngestFile) -> None:
+    """Queue one file after commit; if the broker refuses it, the file and its run fail."""
+    run_id = ingest_file.run_id
+
+    def fail_run(message: str) -> None:
+        # Without this file the run can never finish, so say so on the run too.
+        IngestRun.objects.filter(pk=run_id).exclude(status=IngestRun.Status.COMPLETE).update(
+            status=IngestRun.Status.FAILED, error=message, finished_at=timezone.now())
+
+    enqueue_after_commit(
+        tasks.ingest_file_task, ingest_file, job=f"ingesting {Path(ingest_file.path).name}",
+        what_to_do="The run and the files already read are saved; run the same `python "
+        "manage.py ingest` again when it is back (unchanged articles are not read twice).",
+        error_field="error", on_failure=fail_run)
+
+
+def build_index_enqueue(run: IngestRun) -> None:
+    """Queue the run's index build (a no-op until its last file is in)."""
+    enqueue_after_commit(
+        tasks.build_index_task, run, job=f"the index build of ingest run {run.pk}",
+        what_to_do="The ingested articles are saved; run `python manage.py build_index` when "
+        "it is back.", error_field="error")
 
 
 # --- one file -----------------------------------------------------------------------------
@@ -300,6 +322,8 @@ def ensure_embeddings(texts_by_hash: dict[str, str]) -> int:
 
 def finish_run(run_id: int) -> IngestRun | None:
     """Build the index once every file of the run is finished (exactly one caller wins)."""
+    # index_build reuses this module's embedding helpers; imported here so neither module
+    # needs the other half-loaded.
     from retrieval.index_build import build_index
 
     open_files = IngestFile.objects.filter(run_id=run_id).filter(

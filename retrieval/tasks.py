@@ -17,7 +17,7 @@ def ingest_file_task(ingest_file_id: int) -> None:
     """Ingest one file of a run; the run's last file to finish enqueues the index build."""
     ingest_file = services.ingest_file_by_id(ingest_file_id)
     if ingest_file is not None:
-        build_index_task.delay(ingest_file.run_id)
+        services.build_index_enqueue(ingest_file.run)
 
 
 @shared_task(acks_late=True, ignore_result=True, soft_time_limit=6 * 3600,

@@ -13,7 +13,7 @@ import logging
 import re
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -22,10 +22,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Prefetch, Q
+from django.utils import timezone
 
 from clinic.models import Claim, RetrievedPassage
-from review import conf
+from modelsvc.prompts import PromptPassage, build_answer_messages, build_no_retrieval_messages
 from review.models import ExportBatch, PhiClearance, ReviewDecision, ReviewItem
+from review.phi import PhiGateUnavailable, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -41,23 +43,27 @@ class ExportError(Exception):
 
 # --- Split, pseudonyms, normalisation ------------------------------------------------------
 
+def _pseudonym_key() -> bytes:
+    # Unset means the secret key, so a fresh install gets pseudonyms no one can reverse.
+    return (settings.EXPORT_PSEUDONYM_KEY or settings.SECRET_KEY).encode()
+
+
 def item_key(consultation_id: int) -> str:
     """A stable public id for an item that reveals nothing about the database."""
-    digest = hmac.new(conf.pseudonym_key().encode(), f"item:{consultation_id}".encode(),
-                      hashlib.sha256)
+    digest = hmac.new(_pseudonym_key(), f"item:{consultation_id}".encode(), hashlib.sha256)
     return "item-" + digest.hexdigest()[:16]
 
 
 def reviewer_pseudonym(user_id: int) -> str:
-    digest = hmac.new(conf.pseudonym_key().encode(), f"reviewer:{user_id}".encode(),
-                      hashlib.sha256)
+    digest = hmac.new(_pseudonym_key(), f"reviewer:{user_id}".encode(), hashlib.sha256)
     return "rev-" + digest.hexdigest()[:12]
 
 
 def split_of(consultation_id: int) -> str:
     """train or eval, fixed per item forever (for a given salt and percentage)."""
-    digest = hashlib.sha256(f"{conf.split_salt()}:{consultation_id}".encode()).digest()
-    return "eval" if int.from_bytes(digest[:8], "big") % 100 < conf.eval_percent() else "train"
+    digest = hashlib.sha256(f"{settings.EXPORT_SPLIT_SALT}:{consultation_id}".encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") % 100
+    return "eval" if bucket < settings.EXPORT_EVAL_PERCENT else "train"
 
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -72,13 +78,6 @@ def normalise(text: str) -> str:
 
 def token_set(text: str) -> frozenset[str]:
     return frozenset(word for word in normalise(text).split() if word not in _STOP)
-
-
-def jaccard(left: frozenset[str], right: frozenset[str]) -> float:
-    if not left or not right:
-        return 0.0
-    shared = len(left & right)
-    return shared / (len(left) + len(right) - shared)
 
 
 class NearDuplicateIndex:
@@ -159,8 +158,6 @@ def _candidates() -> Any:
 
 def _prompt_messages(question: str, patient_note: str, passages: list[RetrievedPassage],
                      use_retrieval: bool) -> list[dict[str, str]]:
-    from modelsvc.prompts import PromptPassage, build_answer_messages, build_no_retrieval_messages
-
     if use_retrieval and passages:
         return build_answer_messages(
             question, [PromptPassage(number=p.rank, pmid=p.pmid, title=p.title, text=p.text)
@@ -203,8 +200,6 @@ def current_clearance(item: ReviewItem) -> PhiClearance | None:
 
 
 def _scrub_texts(texts: dict[str, str], *, trust_unsure: bool = False) -> Scrubbed:
-    from review.phi import scrub
-
     redactions: Counter[str] = Counter()
     unsure: list[str] = []
     scrubbed = {}
@@ -270,7 +265,7 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
     """Write FORMAT.jsonl and FORMAT.manifest.json into out_dir; same inputs, same bytes."""
     if fmt not in ExportBatch.Format.values:
         raise ExportError(f"Unknown format {fmt!r}; choose sft, dpo or eval.")
-    threshold = conf.near_duplicate_jaccard()
+    threshold = settings.EXPORT_NEAR_DUPLICATE_JACCARD
     benchmarks = benchmark_index(str(settings.LITERATURE_DATA_DIR), threshold)
     counts: Counter[str] = Counter()
     redactions: Counter[str] = Counter()
@@ -356,8 +351,8 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
         "sha256": digest,
         "records": len(lines),
         "filters": {"since": since.isoformat() if since else None, "min_reviews": min_reviews},
-        "split": {"part": wanted_split, "salt": conf.split_salt(),
-                  "eval_percent": conf.eval_percent()},
+        "split": {"part": wanted_split, "salt": settings.EXPORT_SPLIT_SALT,
+                  "eval_percent": settings.EXPORT_EVAL_PERCENT},
         "dedup": {"method": "normalised text + token-set Jaccard", "threshold": threshold},
         "decontamination": ["pubmedqa/pqal_dev.json QUESTION",
                             "exam/mirage_medmcqa_mmlu.json question"],
@@ -414,18 +409,10 @@ def verify_export(out_dir: Path) -> list[str]:
     return problems
 
 
-def iter_jsonl(path: Path) -> Iterable[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            yield json.loads(line)
-
-
 # --- Batches -------------------------------------------------------------------------------
 
 def run_export_batch(batch_id: int) -> ExportBatch | None:
     """Do (or redo) one ExportBatch; a rerun rewrites the same bytes, so it is harmless."""
-    from django.utils import timezone
-
     batch = ExportBatch.objects.filter(pk=batch_id).first()
     if batch is None:
         logger.warning("export batch %s no longer exists; nothing to do", batch_id)
@@ -434,7 +421,7 @@ def run_export_batch(batch_id: int) -> ExportBatch | None:
         return batch
     ExportBatch.objects.filter(pk=batch_id).update(status=ExportBatch.Status.RUNNING,
                                                    progress=0, error_message="")
-    out_dir = Path(batch.out_dir or conf.export_dir() / f"batch-{batch.pk}")
+    out_dir = Path(batch.out_dir or Path(settings.EXPORT_DIR) / f"batch-{batch.pk}")
 
     def progress(percent: int) -> None:
         ExportBatch.objects.filter(pk=batch_id).update(progress=percent)
@@ -443,8 +430,6 @@ def run_export_batch(batch_id: int) -> ExportBatch | None:
         result = build_export(fmt=batch.format, out_dir=out_dir, since=batch.since,
                               min_reviews=batch.min_reviews, progress=progress)
     except Exception as error:
-        from review.phi import PhiGateUnavailable
-
         message = error.message if isinstance(error, ExportError) else (
             str(error) if isinstance(error, PhiGateUnavailable)
             else f"The export failed ({type(error).__name__}); see the worker log.")

@@ -151,6 +151,9 @@ class ReviewDecision(WriteOnce):
     kind = models.CharField(max_length=8, choices=Kind.choices)
     round = models.PositiveSmallIntegerField(default=1)
     is_adjudication = models.BooleanField(default=False)
+    # Decided without having seen another decision of the same round; only blind decisions
+    # count towards agreement between reviewers. None: recorded before blind review existed.
+    blind = models.BooleanField(null=True)
     error_categories = models.JSONField(default=list, blank=True)
     note = models.TextField(blank=True)
     specialty = models.CharField(max_length=40, blank=True)

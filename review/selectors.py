@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -16,6 +16,7 @@ from django.db.models.functions import TruncDate
 from django.http import Http404
 from django.utils import timezone
 
+from clinic.models import Claim, Feedback, RetrievedPassage
 from clinic.roles import is_admin
 from review.models import ReviewDecision, ReviewItem
 
@@ -43,6 +44,8 @@ def review_queue(*, reviewer: User, reason: str = "", model: str = "", specialty
         queryset = queryset.filter(created_at__date__gte=since)
     if until:
         queryset = queryset.filter(created_at__date__lte=until)
+    # Nobody reviews the answer to their own question.
+    queryset = queryset.exclude(consultation__user=reviewer)
     if not is_admin(reviewer):
         # An independent second review means never seeing your own item again.
         queryset = queryset.exclude(decisions__reviewer=reviewer,
@@ -62,8 +65,6 @@ def review_filter_choices() -> dict[str, list[str]]:
 
 def review_item_for_reviewer(*, item_id: int, reviewer: User) -> ReviewItem:
     """An item with everything its page shows, fetched up front."""
-    from clinic.models import Claim, Feedback, RetrievedPassage
-
     queryset = (ReviewItem.objects.select_related("consultation", "claimed_by")
                 .prefetch_related(
                     Prefetch("consultation__passages",
@@ -77,6 +78,36 @@ def review_item_for_reviewer(*, item_id: int, reviewer: User) -> ReviewItem:
     if item is None:
         raise Http404("No such review item.")
     return item
+
+
+def current_round_visible(item: ReviewItem, viewer: User,
+                          decisions: Iterable[ReviewDecision] | None = None) -> bool:
+    """May `viewer` see the decisions of the item's current round?
+
+    Reviews are blind: until a reviewer has decided in this round, what others decided in it
+    (the kind, the note, the correction) stays hidden, or a second review only echoes the
+    first. An admin adjudicating a disagreement or an escalation sees everything, and so does
+    everyone once the round is resolved. Pass the item's prefetched decisions to save a query.
+    """
+    if item.status == ReviewItem.Status.DONE:
+        return True
+    if item.status in (ReviewItem.Status.NEEDS_ADJUDICATION,
+                       ReviewItem.Status.ESCALATED) and is_admin(viewer):
+        return True
+    if decisions is None:
+        return item.decisions.filter(reviewer=viewer, round=item.round,
+                                     is_adjudication=False).exists()
+    return any(decision.reviewer_id == viewer.pk and decision.round == item.round
+               and not decision.is_adjudication for decision in decisions)
+
+
+def decisions_visible_to(item: ReviewItem, viewer: User) -> tuple[list[ReviewDecision], bool]:
+    """(the decisions `viewer` may see, whether some of the current round are held back).
+    Earlier rounds are history and always shown; the current round only as above."""
+    decisions = list(item.decisions.all())
+    if current_round_visible(item, viewer, decisions):
+        return decisions, False
+    return [decision for decision in decisions if decision.round != item.round], True
 
 
 @dataclass(frozen=True)
@@ -160,13 +191,15 @@ def queue_dashboard(*, days: int = 30, now: datetime | None = None) -> dict[str,
 
 
 def reviewer_agreement() -> list[dict[str, Any]]:
-    """Cohen's kappa for each pair of reviewers over the items both decided (same round)."""
+    """Cohen's kappa for each pair of reviewers over the items both decided (same round),
+    blind decisions only: a vote cast after seeing the other's is not independent, and would
+    inflate agreement."""
     from sklearn.metrics import cohen_kappa_score
 
     votes: dict[tuple[int, int], dict[int, str]] = defaultdict(dict)
     names: dict[int, str] = {}
     for item_id, round_, reviewer_id, username, kind in (
-            ReviewDecision.objects.filter(is_adjudication=False)
+            ReviewDecision.objects.filter(is_adjudication=False, blind=True)
             .values_list("item_id", "round", "reviewer_id", "reviewer__username", "kind")):
         votes[(item_id, round_)][reviewer_id] = kind
         names[reviewer_id] = username
@@ -184,8 +217,3 @@ def reviewer_agreement() -> list[dict[str, Any]]:
                        "agreement": round(agreement, 3),
                        "kappa": None if math.isnan(kappa) else round(kappa, 3)})
     return report
-
-
-def decision_counts_by_kind() -> Counter[str]:
-    return Counter(dict(ReviewDecision.objects.values_list("kind").annotate(n=Count("id"))
-                        .order_by()))

@@ -11,8 +11,10 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -20,8 +22,19 @@ from django.utils import timezone
 
 from clinic.models import Consultation
 from clinic.roles import is_admin, is_reviewer
-from review import conf
-from review.models import REASON_PRIORITY, ErrorCategory, ReviewDecision, ReviewItem, ReviewReason
+from jobs.queueing import enqueue_after_commit
+from review import tasks
+from review.exports import TEXT_FIELDS, scrub_item, source_sha256
+from review.models import (
+    REASON_PRIORITY,
+    ErrorCategory,
+    ExportBatch,
+    PhiClearance,
+    ReviewDecision,
+    ReviewItem,
+    ReviewReason,
+)
+from review.selectors import current_round_visible, review_queue
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +49,19 @@ class ReviewError(Exception):
 
 class ReviewConflict(ReviewError):
     """Someone else holds the item, or it moved on since the page was drawn."""
+
+
+class ReviewRefused(ReviewError):
+    """This person may not review this item (it answers their own question)."""
+
+
+OWN_CONSULTATION = ("You asked this question, so someone else reviews its answer; "
+                    "pick another item.")
+
+
+def _check_not_own(item: ReviewItem, reviewer: User) -> None:
+    if item.consultation.user_id == reviewer.pk:
+        raise ReviewRefused(OWN_CONSULTATION)
 
 
 # Crude on purpose: a first guess a reviewer corrects, keyed on words in the question.
@@ -89,17 +115,17 @@ def review_reasons(consultation: Consultation) -> list[str]:
         reasons.append(ReviewReason.ABSTAINED)
     confidence = consultation.routing_confidence
     if consultation.routing_fallback or (confidence is not None
-                                         and confidence < conf.confidence_threshold()):
+                                         and confidence < settings.REVIEW_CONFIDENCE_THRESHOLD):
         reasons.append(ReviewReason.LOW_CONFIDENCE)
-    if not reasons and in_quality_sample(consultation.pk, conf.sample_rate()):
+    if not reasons and in_quality_sample(consultation.pk, settings.REVIEW_SAMPLE_RATE):
         reasons.append(ReviewReason.SAMPLE)
     return [str(reason) for reason in reasons]
 
 
 def _required_reviews(reasons: list[str]) -> int:
     if ReviewReason.UNSAFE in reasons:
-        return max(conf.required_reviews(), conf.unsafe_required_reviews())
-    return conf.required_reviews()
+        return max(settings.REVIEW_REQUIRED_REVIEWS, settings.REVIEW_UNSAFE_REQUIRED_REVIEWS)
+    return settings.REVIEW_REQUIRED_REVIEWS
 
 
 def enqueue_for_review(*, consultation_id: int) -> ReviewItem | None:
@@ -149,9 +175,6 @@ def enqueue_for_review(*, consultation_id: int) -> ReviewItem | None:
         return item
 
 
-review_items_for_consultation = enqueue_for_review
-
-
 def _claimable(reviewer: User) -> Q:
     if is_admin(reviewer):
         return Q(status__in=[ReviewItem.Status.PENDING, ReviewItem.Status.NEEDS_ADJUDICATION,
@@ -173,9 +196,10 @@ def review_item_claim(*, item_id: int, reviewer: User) -> ReviewItem:
     """Hold an item for this reviewer for REVIEW_CLAIM_MINUTES; one holder at a time."""
     _check_reviewer(reviewer)
     now = timezone.now()
-    item = ReviewItem.objects.filter(pk=item_id).first()
+    item = ReviewItem.objects.select_related("consultation").filter(pk=item_id).first()
     if item is None:
         raise ReviewError("This review item does not exist.")
+    _check_not_own(item, reviewer)
     if item.status in (ReviewItem.Status.PENDING,) and item.decisions.filter(
             reviewer=reviewer, round=item.round, is_adjudication=False).exists():
         raise ReviewConflict("You have already reviewed this item; it needs an independent "
@@ -183,7 +207,7 @@ def review_item_claim(*, item_id: int, reviewer: User) -> ReviewItem:
     updated = (ReviewItem.objects.filter(pk=item_id).filter(_claimable(reviewer))
                .filter(_free_or_mine(reviewer, now))
                .update(claimed_by=reviewer, claim_expires_at=now + timedelta(
-                   minutes=conf.claim_minutes()), updated_at=now))
+                   minutes=settings.REVIEW_CLAIM_MINUTES), updated_at=now))
     item.refresh_from_db()
     if updated != 1:
         if item.status == ReviewItem.Status.DONE:
@@ -202,13 +226,11 @@ def review_item_release(*, item_id: int, reviewer: User) -> None:
 
 def review_claim_next(*, reviewer: User, queryset: Any = None) -> ReviewItem | None:
     """Claim the most urgent item this reviewer may work, trying the next on a lost race."""
-    from review.selectors import review_queue
-
     base = queryset if queryset is not None else review_queue(reviewer=reviewer)
     for item_id in base.values_list("pk", flat=True)[:20]:
         try:
             return review_item_claim(item_id=item_id, reviewer=reviewer)
-        except ReviewConflict:
+        except (ReviewConflict, ReviewRefused):
             continue
     return None
 
@@ -281,6 +303,7 @@ def review_item_decide(*, item_id: int, reviewer: User, kind: str,
                 .filter(pk=item_id).first())
         if item is None:
             raise ReviewError("This review item does not exist.")
+        _check_not_own(item, reviewer)
         if item.claimed_by_id != reviewer.pk or not item.claim_expires_at \
                 or item.claim_expires_at < now:
             raise ReviewConflict("Your claim on this item has expired or was never taken; "
@@ -299,11 +322,14 @@ def review_item_decide(*, item_id: int, reviewer: User, kind: str,
             after = _corrected(consultation, claims or [])
         else:
             after = before
+        # The same rule that hides the round's decisions on the page says whether this one
+        # was made without seeing them.
+        blind = not current_round_visible(item, reviewer)
         try:
             decision = ReviewDecision.objects.create(
                 item=item, reviewer=reviewer, kind=kind, round=item.round,
-                is_adjudication=adjudicating, error_categories=categories, note=note.strip(),
-                specialty=specialty, before=before, after=after)
+                is_adjudication=adjudicating, blind=blind, error_categories=categories,
+                note=note.strip(), specialty=specialty, before=before, after=after)
         except IntegrityError:
             raise ReviewConflict("You have already reviewed this item.") from None
         item.claimed_by = None
@@ -344,12 +370,6 @@ def _resolve(item: ReviewItem, decision: ReviewDecision, fields: list[str]) -> N
                "resolved_at"]
 
 
-def review_item_set_specialty(*, item_id: int, reviewer: User, specialty: str) -> None:
-    _check_reviewer(reviewer)
-    ReviewItem.objects.filter(pk=item_id).update(specialty=specialty.strip()[:40],
-                                                 updated_at=timezone.now())
-
-
 def holds_claim(item: ReviewItem, reviewer: User) -> bool:
     return bool(item.claimed_by_id == reviewer.pk and item.claim_expires_at
                 and item.claim_expires_at >= timezone.now())
@@ -362,9 +382,6 @@ def phi_clearance_record(*, item_id: int, admin: User, decision: str,
     """An admin's decision on an item the PHI gate held. "release" exports the texts the admin
     approved (as shown, de-identified, edited further where needed); "exclude" keeps the item
     out of every export. Stored before the item's status says so."""
-    from review.exports import TEXT_FIELDS, scrub_item, source_sha256
-    from review.models import PhiClearance
-
     if not is_admin(admin):
         raise ReviewError("Only admins can release an item held by the PHI gate.")
     if decision not in PhiClearance.Decision.values:
@@ -397,3 +414,36 @@ def phi_clearance_record(*, item_id: int, admin: User, decision: str,
         item.save(update_fields=["phi_status", "updated_at"])
     logger.info("PHI hold on review item %s: %s by user %s", item_id, decision, admin.pk)
     return clearance
+
+
+# --- Training exports ----------------------------------------------------------------------
+
+def export_batch_create(*, fmt: str, since: Any, min_reviews: int,
+                        created_by: User) -> ExportBatch:
+    """Store the export request, then queue it; a broker outage leaves it failed, kept."""
+    with transaction.atomic():
+        batch = ExportBatch.objects.create(format=fmt, since=since, min_reviews=min_reviews,
+                                           created_by=created_by)
+        batch.out_dir = str(Path(settings.EXPORT_DIR) / f"batch-{batch.pk}")
+        batch.save(update_fields=["out_dir"])
+        export_batch_enqueue(batch)
+    logger.info("export batch %s (%s) created by user %s", batch.pk, fmt, created_by.pk)
+    return batch
+
+
+def export_batch_retry(*, batch_id: int) -> ExportBatch | None:
+    """Queue a failed export again; None when there is no failed export with that id."""
+    with transaction.atomic():
+        updated = ExportBatch.objects.filter(pk=batch_id, status=ExportBatch.Status.FAILED) \
+            .update(status=ExportBatch.Status.PENDING, error_message="", progress=0)
+        batch = ExportBatch.objects.filter(pk=batch_id).first()
+        if not updated or batch is None:
+            return None
+        export_batch_enqueue(batch)
+    return batch
+
+
+def export_batch_enqueue(batch: ExportBatch) -> None:
+    enqueue_after_commit(
+        tasks.run_export_batch, batch, job=f"export {batch.pk}",
+        what_to_do="The export request is saved; press Retry when the queue is back.")

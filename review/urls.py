@@ -15,6 +15,7 @@ urlpatterns = [
     path("phi-holds/", views.phi_holds, name="phi_holds"),
     path("phi-holds/<int:item_id>/clear", views.phi_clear, name="phi_clear"),
     path("exports/", views.export_create, name="export_create"),
+    path("exports/<int:batch_id>/retry", views.export_retry, name="export_retry"),
     path("exports/<int:batch_id>/status", views.export_status, name="export_status"),
     path("exports/<int:batch_id>/<str:kind>", views.export_download, name="export_download"),
 ]

@@ -10,7 +10,6 @@ from typing import Any
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import (
     FileResponse,
     Http404,
@@ -24,6 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from clinic.roles import is_admin, is_reviewer
 from review import charts, selectors, services
+from review.exports import scrub_item
 from review.forms import DecisionForm, ExportForm, PhiClearanceForm, QueueFilterForm
 from review.models import ErrorCategory, ExportBatch, ReviewItem
 
@@ -95,11 +95,14 @@ def item_detail(request: HttpRequest, item_id: int) -> HttpResponse:
     consultation = item.consultation
     claims = list(consultation.claims.all())
     holds_claim = services.holds_claim(item, request.user)  # type: ignore[arg-type]
+    decisions, round_hidden = selectors.decisions_visible_to(
+        item, request.user)  # type: ignore[arg-type]
     return render(request, "review/item.html", {
         "item": item, "consultation": consultation,
         "passages": list(consultation.passages.all()), "claims": claims,
         "feedback": list(consultation.feedback.all()),
-        "decisions": list(item.decisions.all()),
+        "decisions": decisions, "round_hidden": round_hidden,
+        "own_consultation": consultation.user_id == request.user.pk,
         "holds_claim": holds_claim,
         "can_adjudicate": is_admin(request.user),
         "form": DecisionForm(initial={"specialty": item.specialty}),
@@ -117,7 +120,7 @@ def _back(item_id: int) -> HttpResponse:
 def claim(request: HttpRequest, item_id: int) -> HttpResponse:
     try:
         services.review_item_claim(item_id=item_id, reviewer=request.user)  # type: ignore[arg-type]
-    except services.ReviewConflict as error:
+    except (services.ReviewConflict, services.ReviewRefused) as error:
         messages.error(request, error.message)
         return _back(item_id)
     except services.ReviewError as error:
@@ -179,35 +182,27 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_POST
 @admin_required
 def export_create(request: HttpRequest) -> HttpResponse:
-    from review.tasks import run_export_batch
-
     form = ExportForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose a format and a minimum number of reviews of at least 1.")
         return redirect("review:dashboard")
-    with transaction.atomic():
-        batch = ExportBatch.objects.create(format=form.cleaned_data["format"],
-                                           since=form.cleaned_data["since"],
-                                           min_reviews=form.cleaned_data["min_reviews"],
-                                           # request.user is User | AnonymousUser to
-                                           # django-stubs; admin_required means a User.
-                                           created_by=request.user)  # type: ignore[misc]
-        from review import conf
-
-        batch.out_dir = str(conf.export_dir() / f"batch-{batch.pk}")
-        batch.save(update_fields=["out_dir"])
-
-        def send() -> None:
-            try:
-                run_export_batch.apply_async(args=[batch.pk], retry=False)
-            except Exception as error:  # kombu/redis raise many types; the admin needs one line
-                ExportBatch.objects.filter(pk=batch.pk).update(
-                    status=ExportBatch.Status.FAILED,
-                    error_message=f"The job queue (Redis) is not reachable ({error}); the "
-                    "export is saved, start it again when the queue is back.")
-
-        transaction.on_commit(send)
+    batch = services.export_batch_create(
+        fmt=form.cleaned_data["format"], since=form.cleaned_data["since"],
+        min_reviews=form.cleaned_data["min_reviews"],
+        # request.user is User | AnonymousUser to django-stubs; admin_required means a User.
+        created_by=request.user)  # type: ignore[arg-type]
     messages.success(request, f"Export {batch.pk} queued.")
+    return redirect("review:dashboard")
+
+
+@require_POST
+@admin_required
+def export_retry(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = services.export_batch_retry(batch_id=batch_id)
+    if batch is None:
+        messages.error(request, "That export has not failed (any more); reload the page.")
+    else:
+        messages.success(request, f"Export {batch.pk} queued again.")
     return redirect("review:dashboard")
 
 
@@ -241,8 +236,6 @@ def export_download(request: HttpRequest, batch_id: int, kind: str) -> FileRespo
 @admin_required
 def phi_holds(request: HttpRequest) -> HttpResponse:
     """Items the PHI gate held at the last export, with the texts as they would leave."""
-    from review.exports import scrub_item
-
     items = list(ReviewItem.objects.filter(phi_status=ReviewItem.PhiStatus.HELD)
                  .select_related("consultation").order_by("resolved_at", "id")[:50])
     held = []

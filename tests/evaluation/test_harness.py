@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from evaluation.harness import create_run, execute_run
+from evaluation.harness import EVAL_PROMPT_SUFFIX, create_run, execute_run
 from evaluation.models import EvalResult, EvalRun
 from modelsvc.models import ModelCall
 from modelsvc.prompts import PROMPT_VERSION
@@ -37,7 +37,7 @@ def test_a_pubmedqa_run_stores_its_metadata_and_every_answer(
     assert run.status == "complete", run.error_message
     assert run.model_name == model_server["model"]
     assert run.index_version and run.index_version == summary["index_version"]
-    assert run.prompt_version == f"{PROMPT_VERSION}+eval-v1"
+    assert run.prompt_version == f"{PROMPT_VERSION}+{EVAL_PROMPT_SUFFIX}"
     assert run.git_commit and run.data_sha256 == hashlib.sha256(PUBMEDQA.read_bytes()).hexdigest()
     assert run.limit == 3 and run.total == run.done == 3
     # transformers serve rejects response_format: detected, and the text parser is used.

@@ -81,7 +81,8 @@ def test_an_admin_starts_a_run_as_a_background_job(
     from evaluation import tasks
 
     queued: list[int] = []
-    monkeypatch.setattr(tasks.run_evaluation, "delay", queued.append)
+    monkeypatch.setattr(tasks.run_evaluation, "apply_async",
+                        lambda args, retry: queued.extend(args))
     client.force_login(admin_user)
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post("/evaluation/runs/start", {"suite": "router", "limit": "6"})
@@ -108,3 +109,25 @@ def test_the_gate_page_refuses_and_records_an_override(
     assert candidate.status == "serving"
     assert list(PromotionDecision.objects.order_by("id").values_list("promoted", "overridden")) \
         == [(False, False), (True, True)]
+
+
+def test_the_gate_page_shows_its_minimum_and_margin_and_why_a_small_run_is_refused(
+        client: Client, admin_user: User, settings: Any) -> None:
+    settings.EVAL_GATE_SUITES = ["pubmedqa"]
+    settings.EVAL_GATE_MIN_ITEMS = 150
+    settings.EVAL_GATE_MARGIN = 0.03
+    ServedModel.objects.create(name="base", base_model="b", served_name="base",
+                               capability="literature", status="serving")
+    candidate = ServedModel.objects.create(name="lora-3", base_model="b",
+                                           served_name="lora-3", capability="literature")
+    run = make_run(served_model=candidate, correct=5, total=5)
+    EvalRun.objects.filter(pk=run.pk).update(limit=5)
+    client.force_login(admin_user)
+
+    page = client.get("/evaluation/models/").content.decode()
+
+    assert "at least <strong>150 questions</strong>" in page
+    assert "&minus;3 points</strong>" in page and "EVAL_GATE_MARGIN = 0.03" in page
+    assert (f"The pubmedqa run {run.pk} scored 5 items; the gate needs at least 150 per suite. "
+            "Run the suite without --limit (or with --limit 150 or more).") in page
+    assert '<span class="badge failed">refuses</span>' in page

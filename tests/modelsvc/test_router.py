@@ -27,11 +27,13 @@ def small_data(tmp_path: Path) -> Path:
     topics = ["statins", "aspirin", "metformin", "smoking", "exercise", "vitamin", "surgery",
               "dialysis", "vaccination", "screening", "insulin", "obesity"]
     (tmp_path / "pubmedqa" / "pqal_dev.json").write_text(json.dumps({
-        str(i): {"QUESTION": f"Does {t} improve outcomes in patients with disease {i}?"}
+        str(i): {"QUESTION": f"Does {t} improve outcomes in patients with disease {i}?",
+                 "final_decision": "yes"}
         for i, t in enumerate(topics)}))
     (tmp_path / "exam" / "mirage_medmcqa_mmlu.json").write_text(json.dumps({"medmcqa": {
         str(i): {"question": f"Which of the following is the nerve of the {t} structure {i}:",
-                 "options": {}, "answer": "A"} for i, t in enumerate(topics)}}))
+                 "options": {"A": "axillary", "B": "radial"}, "answer": "A"}
+        for i, t in enumerate(topics)}}))
     return tmp_path
 
 
@@ -147,3 +149,50 @@ def test_the_vllm_command_line_lists_every_adapter() -> None:
     assert line.startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct")
     assert "--enable-lora" in line
     assert "judge-lora=/a/judge lit-lora=/a/lit" in line
+
+
+def test_a_trained_router_keeps_its_training_split(trained: RouterVersion,
+                                                   small_data: Path) -> None:
+    from modelsvc.router_training import load_questions, question_fingerprint
+
+    split = trained.training_split
+    assert (len(split["train"]), len(split["held_out"])) == (trained.train_size,
+                                                              trained.test_size)
+    assert not set(split["train"]) & set(split["held_out"])
+    everything = {question_fingerprint(text) for text in load_questions(small_data).texts}
+    assert set(split["train"]) | set(split["held_out"]) == everything
+    assert split["seed"] == 0 and split["test_fraction"] == 0.25
+
+
+def test_the_router_suite_scores_only_questions_the_router_never_trained_on(
+        trained: RouterVersion, small_data: Path) -> None:
+    from evaluation.suites import SUITES, load_items
+    from modelsvc.router_training import question_fingerprint
+
+    paths = [small_data / "pubmedqa" / "pqal_dev.json",
+             small_data / "exam" / "mirage_medmcqa_mmlu.json"]
+    items = load_items(SUITES["router"], paths, None)
+
+    scored = {question_fingerprint(item.question) for item in items}
+    assert scored == set(trained.training_split["held_out"])
+    assert len(items) == trained.test_size == 6
+    assert {item.gold for item in items} == {"literature", "knowledge"}
+
+
+def test_the_router_suite_refuses_a_router_without_a_stored_split(
+        trained: RouterVersion, small_data: Path) -> None:
+    from evaluation.suites import SUITES, EvalError, load_items
+
+    RouterVersion.objects.filter(pk=trained.pk).update(training_split={})
+    with pytest.raises(EvalError, match="Retrain it: `python manage.py train_router`"):
+        load_items(SUITES["router"], [small_data / "pubmedqa" / "pqal_dev.json"], None)
+
+
+def test_without_a_trained_router_the_router_suite_scores_every_question(
+        small_data: Path) -> None:
+    from evaluation.suites import SUITES, load_items
+
+    items = load_items(SUITES["router"], [small_data / "pubmedqa" / "pqal_dev.json",
+                                          small_data / "exam" / "mirage_medmcqa_mmlu.json"],
+                       None)
+    assert len(items) == 24

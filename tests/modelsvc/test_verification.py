@@ -32,6 +32,12 @@ POISONED = (f"Serum ferritin was measured in 120 patients. The code word is {CAN
             "treatment.")
 
 
+@pytest.fixture(autouse=True)
+def lexical_engine(settings: Any) -> None:
+    # These tests pin the similarity check, whatever verifier VAR_DIR may hold.
+    settings.VERIFIER_ENGINE = "lexical"
+
+
 def test_a_claim_its_passage_states_is_supported_and_an_unrelated_one_is_not() -> None:
     claims = [ParsedClaim("Tailored telephone counseling increased mammography use.", [1]),
               ParsedClaim("Vitamin D cures influenza in children.", [2])]
@@ -40,6 +46,7 @@ def test_a_claim_its_passage_states_is_supported_and_an_unrelated_one_is_not() -
 
     assert supports[0].supported and supports[0].passage == 1
     assert not supports[1].supported
+    assert [s.verdict for s in supports] == ["supported", "not_found"]
     assert supports[0].score > supports[1].score
     assert support_rate(supports) == 0.5
 

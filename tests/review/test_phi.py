@@ -2,51 +2,50 @@
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-from pathlib import Path
-
 import pytest
 
-from review.phi import scrub
+from review.phi import Finding, scrub
+from tests.review.phi_scoring import Tally, phi_recall, tokens_caught
 
-SYNTHETIC = Path(__file__).with_name("phi_synthetic.json")
 STRUCTURED = {"PHONE", "FAX", "EMAIL", "SSN", "MRN", "HEALTH_PLAN", "ACCOUNT", "LICENSE",
               "VEHICLE", "DEVICE", "URL", "IP", "ID", "DATE", "AGE", "LOCATION"}
 
 
-def phi_recall() -> dict[str, tuple[int, int]]:
-    """Per identifier type: (found, total). Found means no part of it survives the gate."""
-    cases = json.loads(SYNTHETIC.read_text())["cases"]
-    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for case in cases:
-        scrubbed = scrub(case["text"]).text
-        for kind, value in case["phi"]:
-            tally[kind][1] += 1
-            if value not in scrubbed:
-                tally[kind][0] += 1
-    return {kind: (found, total) for kind, (found, total) in tally.items()}
-
-
 @pytest.fixture(scope="module")
-def recall() -> dict[str, tuple[int, int]]:
+def recall() -> dict[str, Tally]:
     return phi_recall()
 
 
 def test_the_synthetic_set_covers_every_safe_harbor_type(recall):
     assert set(recall) == STRUCTURED | {"NAME"}
-    assert all(total >= 3 for _, total in recall.values())
+    assert all(tally.identifiers >= 3 for tally in recall.values())
 
 
 @pytest.mark.parametrize("kind", sorted(STRUCTURED))
 def test_structured_identifiers_are_all_removed(recall, kind):
-    found, total = recall[kind]
-    assert found == total
+    tally = recall[kind]
+    assert tally.tokens_caught == tally.tokens
+    assert tally.identifiers_caught == tally.identifiers
 
 
 def test_names_are_removed_at_least_95_percent_of_the_time(recall):
-    found, total = recall["NAME"]
-    assert found / total >= 0.95
+    tally = recall["NAME"]
+    assert tally.identifiers_caught / tally.identifiers >= 0.95
+
+
+def test_a_half_redacted_name_counts_as_a_miss():
+    text = "Patient Maria Lopez was seen."
+    surname_only = [Finding("NAME", text.index("Lopez"), text.index("Lopez") + 5, "test")]
+    assert tokens_caught(text, surname_only, "Maria Lopez") == (1, 2)
+    whole = [Finding("NAME", text.index("Maria"), text.index("Lopez") + 5, "test")]
+    assert tokens_caught(text, whole, "Maria Lopez") == (2, 2)
+
+
+def test_a_token_cut_in_half_is_not_caught():
+    text = "Call 617-555-0199 today."
+    start = text.index("0199")
+    assert tokens_caught(text, [Finding("PHONE", start + 2, start + 4, "test")],
+                         "617-555-0199") == (0, 3)
 
 
 def test_years_ages_under_90_and_eponyms_survive():

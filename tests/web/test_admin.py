@@ -10,8 +10,8 @@ pytestmark = pytest.mark.django_db
 
 CHANGELISTS = [
     "clinic/consultation", "clinic/feedback", "review/reviewitem", "review/reviewdecision",
-    "review/exportbatch", "review/phiclearance", "evaluation/evalrun", "modelsvc/servedmodel", "modelsvc/modelcall",
-    "retrieval/ingestrun",
+    "review/exportbatch", "review/phiclearance", "evaluation/evalrun",
+    "modelsvc/servedmodel", "modelsvc/modelcall", "retrieval/ingestrun",
 ]
 
 

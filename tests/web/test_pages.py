@@ -71,6 +71,7 @@ def test_a_flood_of_questions_is_rate_limited_with_a_429(client: Client, clinici
     assert response.status_code == 429
     assert response["Retry-After"] == "60"
     assert "Wait a minute" in response.content.decode()
+    assert "still in the box" in response.content.decode()
     assert "Third one?" in response.content.decode()
     assert Consultation.objects.count() == 2
 

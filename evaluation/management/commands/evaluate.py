@@ -9,14 +9,17 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from evaluation import claims
 from evaluation.harness import create_run, execute_run
 from evaluation.models import EvalRun
 from evaluation.suites import SUITES, EvalError
+from modelsvc.verifier import VerifierError
 
 
 class Command(BaseCommand):
-    help = ("Run an evaluation suite (pubmedqa, mirage, reviewed, router) against the model "
-            "server and store the run; --resume continues an interrupted one.")
+    help = ("Run an evaluation suite (pubmedqa, mirage, reviewed, router, claims) and store "
+            "the run; --resume continues an interrupted one. claims judges the pairs of --data "
+            "FILE.jsonl with the configured claim check (VERIFIER_ENGINE / VERIFIER_MODEL).")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--suite", choices=sorted(SUITES))
@@ -49,7 +52,9 @@ class Command(BaseCommand):
                                  data_paths=options["data"], limit=options["limit"],
                                  concurrency=options["concurrency"], k=options["k"],
                                  allow_missing_gold=options["allow_missing_gold"])
-        except EvalError as error:
+                if run.suite == "claims":
+                    claims.record_engine(run)
+        except (EvalError, VerifierError) as error:
             raise CommandError(str(error)) from error
         if not options["json"]:
             self.stderr.write(f"run {run.pk}: {run.suite} on {run.model_name} "
@@ -66,7 +71,15 @@ class Command(BaseCommand):
                                f"{run.pk}`.") from None
         assert finished is not None
         finished.refresh_from_db()
-        if options["json"]:
+        if finished.suite == "claims":
+            # --json: the per-label figures as one JSON object on the last line.
+            summary = claims.format_claim_summary(finished)
+            if options["json"]:
+                self.stderr.write(summary)
+                self.stdout.write(json.dumps(claims.by_label(finished.metrics)))
+            else:
+                self.stdout.write(summary)
+        elif options["json"]:
             self.stdout.write(json.dumps(run_summary(finished), indent=2, default=str))
         else:
             self.stdout.write(format_summary(finished))

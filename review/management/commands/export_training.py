@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
+from review.exports import ExportError, build_export
 from review.models import ExportBatch
+from review.phi import PhiGateUnavailable
 
 
 class Command(BaseCommand):
@@ -24,9 +27,6 @@ class Command(BaseCommand):
         parser.add_argument("--out", required=True, type=Path, help="Output folder.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from review.exports import ExportError, build_export
-        from review.phi import PhiGateUnavailable
-
         if options["min_reviews"] < 1:
             raise CommandError("--min-reviews must be at least 1.")
         batch = ExportBatch.objects.create(format=options["format"], since=options["since"],
@@ -40,8 +40,6 @@ class Command(BaseCommand):
             ExportBatch.objects.filter(pk=batch.pk).update(status=ExportBatch.Status.FAILED,
                                                            error_message=str(error))
             raise CommandError(str(error)) from error
-        from django.utils import timezone
-
         ExportBatch.objects.filter(pk=batch.pk).update(
             status=ExportBatch.Status.DONE, progress=100, file_name=result.path.name,
             sha256=result.sha256, counts=result.counts, finished_at=timezone.now())

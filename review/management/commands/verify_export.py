@@ -7,6 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from review.exports import verify_export
+
 
 class Command(BaseCommand):
     help = "Check an export folder: file SHA-256 and each record's hash against the manifest."
@@ -15,8 +17,6 @@ class Command(BaseCommand):
         parser.add_argument("directory", type=Path)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from review.exports import verify_export
-
         directory: Path = options["directory"]
         if not directory.is_dir():
             raise CommandError(f"{directory} is not a folder.")
