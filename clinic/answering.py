@@ -11,6 +11,19 @@ passages in memory instead of storing them on a consultation.
 
 How many passages are retrieved, shown and prompted are settings
 (ANSWER_PASSAGES_RETRIEVED >= ANSWER_PASSAGES_SHOWN >= ANSWER_PASSAGES_PROMPTED).
+
+What verification decides (`verify_answer`):
+- each claim gets a verdict against the passages it cites (supported / contradicted / not found,
+  with the passage that decided it), from `modelsvc.verification.score_claims`;
+- a retracted passage (there only when the clinician asked to include retracted articles) is
+  no evidence either way: claims are judged against the cited passages that are not retracted,
+  so a claim citing only retracted ones is not found;
+- the answer is withheld (`Verification.withheld_reason`) when it is empty, when it repeats
+  instructions found inside a passage, when any claim is contradicted by a passage it cites
+  (every claim is key: a clinician may act on any sentence, so one that its own citation
+  contradicts makes the whole answer unsafe to show), or when too few claims are supported
+  (`should_abstain`). A withheld answer's draft is stored for reviewers and never shown to the
+  clinician (`clinic.selectors.consultation_snapshot`).
 """
 
 from __future__ import annotations
@@ -40,6 +53,8 @@ from modelsvc.prompts import (
 from modelsvc.router import RoutingDecision, route
 from modelsvc.tokens import count_tokens, fit_passages
 from modelsvc.verification import (
+    CONTRADICTED,
+    NOT_FOUND,
     ClaimSupport,
     check_injection,
     score_claims,
@@ -71,6 +86,7 @@ class Passage:
     score: float = 0.0
     stages: Mapping[str, int] = field(default_factory=dict)
     sub_question: int | None = None
+    retraction_notice_pmid: str = ""
 
     @classmethod
     def from_hit(cls, number: int, hit: Hit, *, sub_question: int | None = None) -> Passage:
@@ -78,7 +94,7 @@ class Passage:
                    chunk_id=hit.chunk_id, journal=hit.journal, year=hit.year,
                    publication_types=tuple(hit.publication_types), retracted=hit.retracted,
                    section=hit.section, score=float(hit.score), stages=dict(hit.stages),
-                   sub_question=sub_question)
+                   sub_question=sub_question, retraction_notice_pmid=hit.retraction_notice_pmid)
 
     @classmethod
     def from_row(cls, row: RetrievedPassage) -> Passage:
@@ -86,11 +102,13 @@ class Passage:
                    chunk_id=row.chunk_id, journal=row.journal, year=row.year,
                    publication_types=tuple(row.publication_types), retracted=row.retracted,
                    section=row.section, score=row.score, stages=dict(row.stages),
-                   sub_question=row.sub_question)
+                   sub_question=row.sub_question,
+                   retraction_notice_pmid=row.retraction_notice_pmid)
 
     def for_prompt(self) -> PromptPassage:
         return PromptPassage(number=self.number, pmid=self.pmid, title=self.title,
-                             text=self.text)
+                             text=self.text, retracted=self.retracted,
+                             retraction_notice_pmid=self.retraction_notice_pmid)
 
 
 @dataclass(frozen=True)
@@ -129,9 +147,18 @@ class PreparedAnswer:
     timings: dict[str, float]
 
 
+# Why an answer is withheld; the values of Consultation.WithheldReason.
+WITHHELD_EMPTY = "empty"
+WITHHELD_INJECTION = "injection"
+WITHHELD_CONTRADICTED = "contradicted"
+WITHHELD_LOW_SUPPORT = "low_support"
+
+
 @dataclass(frozen=True)
 class Verification:
-    """Each claim of an answer with its support, and what the answer as a whole amounts to."""
+    """Each claim of an answer with its support, and what the answer as a whole amounts to.
+
+    `abstain` is True exactly when `withheld_reason` is set: the draft is not shown."""
 
     claims: list[ParsedClaim]
     supports: list[ClaimSupport]
@@ -144,14 +171,21 @@ class Verification:
     # Citation precision counts every (claim, cited passage) pair: only with per_citation=True.
     cited_passages: int | None = None
     supporting_citations: int | None = None
+    withheld_reason: str = ""
 
     @property
     def supported(self) -> int:
         return sum(1 for support in self.supports if support.supported)
 
+    @property
+    def contradicting_passages(self) -> list[int]:
+        return sorted({support.passage for support in self.supports
+                       if support.verdict == CONTRADICTED and support.passage is not None})
+
     def claim_rows(self) -> list[dict[str, Any]]:
         return [{"text": claim.text, "citations": list(claim.citations),
-                 "support_score": support.score, "supported": support.supported}
+                 "support_score": support.score, "supported": support.supported,
+                 "verdict": support.verdict, "passage": support.passage}
                 for claim, support in zip(self.claims, self.supports, strict=True)]
 
 
@@ -231,6 +265,7 @@ def store_passages(consultation: Consultation, passages: Sequence[Passage], *,
             consultation=consultation, rank=p.number, chunk_id=p.chunk_id, pmid=p.pmid,
             title=p.title, journal=p.journal[:400], year=p.year,
             publication_types=list(p.publication_types), retracted=p.retracted,
+            retraction_notice_pmid=p.retraction_notice_pmid[:20],
             section=p.section[:100], text=p.text, score=p.score, stages=dict(p.stages),
             sub_question=p.sub_question)
         for p in passages])
@@ -259,11 +294,13 @@ def prepare_answer(question: str, *, patient_note: str = "",
                    use_retrieval: bool | None = None, retrieved: int | None = None,
                    shown: int | None = None, prompted: int | None = None,
                    max_tokens: int | None = None, instruction: str = "",
-                   response_format: dict[str, Any] | None = None) -> PreparedAnswer:
+                   response_format: dict[str, Any] | None = None,
+                   include_retracted: bool = False) -> PreparedAnswer:
     """Route, retrieve, fit, store the passages shown (with a consultation), build the prompt.
 
     `model` given: no routing, that model answers (an evaluation's candidate). `use_retrieval`
-    None: as the router advises (always, when the model is given).
+    None: as the router advises (always, when the model is given). `include_retracted`: the
+    clinician asked for retracted articles too; the prompt marks them retracted.
     """
     max_tokens = settings.ANSWER_MAX_TOKENS if max_tokens is None else max_tokens
     timings: dict[str, float] = {}
@@ -286,7 +323,8 @@ def prepare_answer(question: str, *, patient_note: str = "",
     index_version = ""
     if use_retrieval:
         started = time.monotonic()
-        result = retrieve(question, k=retrieved, query_embedding=query_embedding)
+        result = retrieve(question, k=retrieved, query_embedding=query_embedding,
+                          filters=SearchFilters(exclude_retracted=not include_retracted))
         timings["retrieve_ms"] = (time.monotonic() - started) * 1000
         timings.update({f"retrieve_{name}": ms for name, ms in result.timings_ms.items()})
         hits, index_version = result.hits, result.index_version
@@ -336,40 +374,101 @@ def stream_answer(prepared: PreparedAnswer, *, purpose: str, consultation_id: in
                           response_format=prepared.response_format)
 
 
+def _evidence(passages: Sequence[Passage]) -> dict[int, str]:
+    """The passages a claim may be judged against: a retracted article is no evidence."""
+    return {p.number: p.text for p in passages if not p.retracted}
+
+
+def _judged(claims: Sequence[ParsedClaim], passages: Sequence[Passage]) -> list[ClaimSupport]:
+    """score_claims against the passages that are evidence; a claim citing only retracted
+    passages is not found, whatever they say."""
+    if not claims:
+        return []
+    retracted = {p.number for p in passages if p.retracted}
+    evidence = _evidence(passages)
+    judged = [ParsedClaim(claim.text, [n for n in claim.citations if n not in retracted])
+              for claim in claims]
+    supports = score_claims(judged, evidence, embed=embed_texts)
+    return [ClaimSupport(0.0, False, None, "cites only retracted articles", NOT_FOUND)
+            if claim.citations and not scored.citations else support
+            for claim, scored, support in zip(claims, judged, supports, strict=True)]
+
+
+def withheld_reason(text: str, claims: Sequence[ParsedClaim], supports: Sequence[ClaimSupport],
+                    *, injected: bool, require_citations: bool = True) -> str:
+    """Why the answer must not be shown, or "" when it may be. See the module's docstring."""
+    if not text.strip():
+        return WITHHELD_EMPTY
+    if injected:
+        return WITHHELD_INJECTION
+    if any(support.verdict == CONTRADICTED for support in supports):
+        return WITHHELD_CONTRADICTED
+    if should_abstain(claims, supports, require_citations=require_citations):
+        return WITHHELD_LOW_SUPPORT
+    return ""
+
+
+@dataclass(frozen=True)
+class SentenceCheck:
+    """One sentence of a streaming answer, checked on its own before it is released."""
+
+    claim: ParsedClaim
+    support: ClaimSupport
+    injected: bool
+
+    @property
+    def releasable(self) -> bool:
+        return self.support.supported and not self.injected
+
+    @property
+    def withholds(self) -> bool:
+        """Whatever follows, the answer will be withheld."""
+        return self.injected or self.support.verdict == CONTRADICTED
+
+
+def check_sentence(claim: ParsedClaim, passages: Sequence[Passage]) -> SentenceCheck:
+    """The same checks as verify_answer, for one complete sentence of a streaming answer."""
+    (support,) = _judged([claim], passages)
+    injected = check_injection(claim.text, [p.text for p in passages])
+    return SentenceCheck(claim=claim, support=support, injected=injected)
+
+
 def verify_answer(text: str, passages: Sequence[Passage], *, require_citations: bool = True,
                   per_citation: bool = False) -> Verification:
-    """Score each claim against the passages it cites; decide whether to abstain.
+    """Score each claim against the passages it cites; decide whether to withhold the answer.
 
     `require_citations=False` is the no-retrieval path, whose answers cannot cite.
     `per_citation` also checks every (claim, cited passage) pair on its own, for citation
     precision.
     """
-    by_number = {p.number: p.text for p in passages}
-    parsed = parse_answer(text, max(by_number) if by_number else 0)
-    supports = score_claims(parsed.claims, by_number, embed=embed_texts) if parsed.claims else []
-    cited = sorted({n for claim in parsed.claims for n in claim.citations if n in by_number})
+    numbers = {p.number for p in passages}
+    parsed = parse_answer(text, max(numbers) if numbers else 0)
+    supports = _judged(parsed.claims, passages)
+    cited = sorted({n for claim in parsed.claims for n in claim.citations if n in numbers})
     cited_passages = supporting_citations = None
     if per_citation:
         pairs = [ParsedClaim(claim.text, [n]) for claim in parsed.claims
-                 for n in claim.citations if n in by_number]
-        pair_supports = score_claims(pairs, by_number, embed=embed_texts) if pairs else []
+                 for n in claim.citations if n in numbers]
+        pair_supports = _judged(pairs, passages)
         cited_passages = len(pairs)
         supporting_citations = sum(1 for support in pair_supports if support.supported)
     injected = check_injection(text, [p.text for p in passages])
     cited_set = set(cited)
-    abstain = injected or not text.strip() or should_abstain(
-        parsed.claims, supports, require_citations=require_citations)
+    reason = withheld_reason(text, parsed.claims, supports, injected=injected,
+                             require_citations=require_citations)
     return Verification(
         claims=list(parsed.claims), supports=supports,
-        removed_citations=parsed.removed_citations, injected=injected, abstain=abstain,
+        removed_citations=parsed.removed_citations, injected=injected, abstain=bool(reason),
         support_rate=support_rate(supports), cited_numbers=cited,
         cited_pmids=sorted({p.pmid for p in passages if p.number in cited_set}),
-        cited_passages=cited_passages, supporting_citations=supporting_citations)
+        cited_passages=cited_passages, supporting_citations=supporting_citations,
+        withheld_reason=reason)
 
 
 def finalize_answer(consultation: Consultation, text: str,
                     passages: Sequence[Passage]) -> Consultation:
-    """Verify the answer against the passages shown and store it with its claims."""
+    """Verify the answer against the passages shown and store it with its claims and verdicts;
+    a withheld answer is stored too (reviewers read it), with why it was withheld."""
     verification = verify_answer(text, passages, require_citations=consultation.use_retrieval)
     supports = verification.supports
     with transaction.atomic():
@@ -377,21 +476,20 @@ def finalize_answer(consultation: Consultation, text: str,
         Claim.objects.bulk_create([
             Claim(consultation=consultation, position=index, text=claim.text,
                   citations=list(claim.citations), support_score=supports[index].score,
-                  supported=supports[index].supported)
+                  supported=supports[index].supported, verdict=supports[index].verdict,
+                  passage=supports[index].passage)
             for index, claim in enumerate(verification.claims)
         ])
         consultation.answer_text = text
         consultation.abstained = verification.abstain
+        consultation.withheld_reason = verification.withheld_reason
         consultation.support_rate = verification.support_rate
         consultation.removed_citations = verification.removed_citations
         consultation.status = Consultation.Status.COMPLETE
         consultation.completed_at = timezone.now()
-        if verification.injected:
-            consultation.error_message = ("The answer repeated instructions found inside a "
-                                          "retrieved passage, so it was withheld.")
         consultation.save(update_fields=[
-            "answer_text", "abstained", "support_rate", "removed_citations", "status",
-            "completed_at", "error_message", "updated_at"])
+            "answer_text", "abstained", "withheld_reason", "support_rate", "removed_citations",
+            "status", "completed_at", "updated_at"])
     answer_finished.send(sender=Consultation, consultation_id=consultation.pk)
     return consultation
 

@@ -40,6 +40,10 @@ class ConsultationCreateSerializer(serializers.Serializer):
     question = serializers.CharField(allow_blank=True, trim_whitespace=False)
     patient_note = serializers.CharField(required=False, allow_blank=True, default="")
     mode = serializers.ChoiceField(choices=Consultation.Mode.values, default="quick")
+    include_retracted = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Also use retracted articles: marked retracted in the prompt and the evidence "
+                  "list, never counted as support. Off by default.")
 
 
 class ConsultationSummarySerializer(serializers.ModelSerializer):
@@ -54,7 +58,10 @@ PASSAGE_FIELDS = {
     "title": serializers.CharField(), "journal": serializers.CharField(),
     "year": serializers.IntegerField(allow_null=True),
     "publication_types": serializers.ListField(child=serializers.CharField()),
-    "retracted": serializers.BooleanField(), "section": serializers.CharField(),
+    "retracted": serializers.BooleanField(),
+    "retraction_notice_pmid": serializers.CharField(allow_blank=True),
+    "retraction_notice_url": serializers.URLField(allow_null=True),
+    "section": serializers.CharField(),
     "text": serializers.CharField(), "score": serializers.FloatField(),
     "stages": serializers.DictField(), "url": serializers.CharField(),
     "sub_question": serializers.IntegerField(allow_null=True),
@@ -64,6 +71,9 @@ CLAIM_FIELDS = {
     "citations": serializers.ListField(child=serializers.IntegerField()),
     "support_score": serializers.FloatField(allow_null=True),
     "supported": serializers.BooleanField(allow_null=True),
+    "verdict": serializers.ChoiceField(choices=["supported", "contradicted", "not_found"]),
+    "passage": serializers.IntegerField(allow_null=True),
+    "retracted_citations": serializers.ListField(child=serializers.IntegerField()),
 }
 STEP_FIELDS = {
     "position": serializers.IntegerField(), "kind": serializers.CharField(),
@@ -83,7 +93,14 @@ SNAPSHOT_SCHEMA = inline_serializer("Consultation", {
     "id": serializers.IntegerField(), "mode": serializers.CharField(),
     "status": serializers.CharField(), "status_label": serializers.CharField(),
     "finished": serializers.BooleanField(), "answer_text": serializers.CharField(),
-    "abstained": serializers.BooleanField(), "error_message": serializers.CharField(),
+    "abstained": serializers.BooleanField(),
+    "withheld": inline_serializer("Withheld", {
+        "reason": serializers.ChoiceField(choices=Consultation.WithheldReason.values),
+        "label": serializers.CharField(), "message": serializers.CharField(),
+        "contradicting_passages": serializers.ListField(child=serializers.IntegerField()),
+    }, allow_null=True),
+    "include_retracted": serializers.BooleanField(),
+    "error_message": serializers.CharField(),
     "support_rate": serializers.FloatField(allow_null=True),
     "removed_citations": serializers.IntegerField(),
     "routing": ROUTING_SCHEMA,
@@ -190,8 +207,12 @@ def add_stream_to_schema(result: dict[str, Any], generator: Any, request: Any,
         "get": {
             "operationId": "consultations_stream",
             "summary": "Stream a consultation as server-sent events",
-            "description": "Events: snapshot, stage, passages, first_token, token, final. "
-                           "Starts generation of a pending quick answer.",
+            "description": "Events: snapshot, stage, passages, first_token, sentence, final. "
+                           "A sentence is released only after it was checked against the "
+                           "passages it cites and found supported; sentences not found in "
+                           "their passages come with the final snapshot, and a withheld "
+                           "answer's draft is never sent. Starts generation of a pending quick "
+                           "answer.",
             "parameters": [{"name": "consultation_id", "in": "path", "required": True,
                             "schema": {"type": "integer"}}],
             "security": [{"tokenAuth": []}],

@@ -3,7 +3,12 @@
 It runs as a Celery job (`clinic.tasks.run_deep_consult`) that is given a consultation id. Each
 step is a DeepConsultStep row written when it starts and when it finishes, so the page shows
 progress live, and a rerun (the message redelivered after a worker died, a retry, Retry pressed
-by the clinician) continues after the last finished step, reusing what that step stored.
+by the clinician) continues from the first step that has not finished, reusing what the steps
+before it stored; every step after that one runs again, since each reads what came before.
+
+Model calls stream, so the per-token timeouts and the guards of `modelsvc.client` apply, and
+between tokens the job saves what it has written so far (the page shows progress), refreshes its
+claim and stops within a second or so of a cancel.
 
 One execution at a time: the job claims the consultation with a conditional update, and every
 later write checks that it still holds that claim (a fencing token), so an execution that lost
@@ -12,10 +17,12 @@ its claim to another can never store a second result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,15 +49,15 @@ from clinic.answering import (
     verify_answer,
 )
 from clinic.models import Claim, Consultation, DeepConsultStep
-from modelsvc.accounting import MeteredCall, metered_chat
-from modelsvc.client import ChatResult
-from modelsvc.errors import ModelServiceError
+from modelsvc.accounting import MeteredCall
+from modelsvc.client import ChatResult, StreamDone, TextDelta, get_client
+from modelsvc.errors import ModelProtocolError, ModelServiceError
 from modelsvc.models import ModelCall
 from modelsvc.prompts import PROMPT_VERSION, neutralise
 from modelsvc.router import route
 from modelsvc.tokens import count_message_tokens
 from retrieval.embedding import embed_query
-from retrieval.search import RetrievalError, SearchResult
+from retrieval.search import RetrievalError, SearchFilters, SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +65,9 @@ Kind = DeepConsultStep.Kind
 StepStatus = DeepConsultStep.Status
 
 STEP_KINDS = [Kind.PLAN, Kind.RETRIEVE, Kind.DRAFT, Kind.VERIFY, Kind.REVISE, Kind.FINAL]
-FINISHED_STEP = {StepStatus.DONE, StepStatus.SKIPPED}
+# While a model call streams: how often the job saves its text, refreshes its claim and looks
+# for a cancel.
+PROGRESS_EVERY_SECONDS = 1.0
 
 MAX_SUB_QUESTIONS = 3
 PLAN_MAX_TOKENS = 160
@@ -156,6 +165,9 @@ def deep_consult_run(*, consultation_id: int, job_id: str | None = None, worker:
         if not Consultation.objects.filter(pk=consultation_id).exists():
             logger.info("deep consult %s was deleted while it ran (%r)", consultation_id, error)
             return "dropped: the consultation was deleted"
+        if not Consultation.objects.filter(pk=consultation_id, claimed_by=token).exists():
+            logger.info("deep consult %s: claim lost while it ran (%r)", consultation_id, error)
+            return "dropped: claim lost"
         if isinstance(error, RetrievalError):
             logger.warning("deep consult %s failed at retrieval: %s", consultation_id, error)
             job.stop(Consultation.Status.FAILED, f"{error} {RETRY_HINT}")
@@ -203,8 +215,9 @@ def _claim_or_drop(consultation_id: int, job_id: str, token: str) -> str:
 
 
 def _exhausted_message(consultation: Consultation) -> str:
-    unfinished = (DeepConsultStep.objects.filter(consultation_id=consultation.pk)
-                  .exclude(status__in=FINISHED_STEP).order_by("position").first())
+    unfinished = next((step for step in DeepConsultStep.objects.filter(
+        consultation_id=consultation.pk).order_by("position") if not step_is_finished(step)),
+        None)
     attempts = consultation.attempts
     if unfinished is None:
         cause = "it never got past starting"
@@ -224,16 +237,62 @@ def _finish_consultation(queryset: QuerySet[Consultation], status: str, message:
 
 
 def _close_open_steps(consultation_id: int, status: str, message: str) -> None:
-    """The step that was running fails (with the message); the ones not reached are skipped."""
+    """The step that was running fails (with the message), or is marked cancelled; the ones not
+    reached are skipped as `not_reached`, which a retry runs again."""
     now = timezone.now()
     steps = DeepConsultStep.objects.filter(consultation_id=consultation_id)
     cancelled = status == Consultation.Status.CANCELLED
     for step in steps.filter(status=StepStatus.RUNNING):
         step.status = StepStatus.SKIPPED if cancelled else StepStatus.FAILED
-        step.output = {**step.output, "error": message} if message else step.output
+        step.output = {**step.output, "not_reached": cancelled,
+                       **({"cancelled": True} if cancelled else {}),
+                       **({"error": message} if message else {})}
         step.finished_at = now
         step.save(update_fields=["status", "output", "finished_at"])
-    steps.filter(status=StepStatus.PENDING).update(status=StepStatus.SKIPPED, finished_at=now)
+    steps.filter(status=StepStatus.PENDING).update(
+        status=StepStatus.SKIPPED, finished_at=now, output={"not_reached": True})
+
+
+def step_is_finished(step: DeepConsultStep) -> bool:
+    """Done, or skipped because the job decided so (e.g. nothing to revise); a step skipped
+    because the job stopped before it, or that failed, has not finished."""
+    if step.status == StepStatus.DONE:
+        return True
+    return step.status == StepStatus.SKIPPED and not step.output.get("not_reached")
+
+
+def reset_unfinished_steps(consultation_id: int) -> int:
+    """Put the first unfinished step and every one after it back to waiting; returns how many.
+
+    What a retry resumes from: the steps before it keep what they stored.
+    """
+    steps = list(DeepConsultStep.objects.filter(consultation_id=consultation_id)
+                 .order_by("position"))
+    first = next((index for index, step in enumerate(steps) if not step_is_finished(step)),
+                 len(steps))
+    reset = [step.pk for step in steps[first:]]
+    DeepConsultStep.objects.filter(pk__in=reset).update(
+        status=StepStatus.PENDING, output={}, tokens=0, started_at=None, finished_at=None)
+    return len(reset)
+
+
+def consultation_cancel_now(consultation_id: int) -> bool:
+    """End a running deep consult as cancelled at once; True if it was running.
+
+    The execution that holds it finds its claim gone at its next check (at most a second or so
+    into a model call, or its next write) and stops without writing; a dead one never comes
+    back. Either way the clinician sees "Cancelled" now, not when a worker gets to it.
+    """
+    running = Consultation.objects.filter(
+        pk=consultation_id, mode=Consultation.Mode.DEEP,
+        status__in=[Consultation.Status.PENDING, Consultation.Status.RUNNING])
+    with transaction.atomic():
+        running.update(cancel_requested=True)
+        if not _finish_consultation(running, Consultation.Status.CANCELLED, ""):
+            return False
+        _close_open_steps(consultation_id, Consultation.Status.CANCELLED, "")
+    logger.info("deep consult %s cancelled", consultation_id)
+    return True
 
 
 # --- the job ----------------------------------------------------------------------------------
@@ -365,13 +424,60 @@ class DeepConsultJob:
         meter = MeteredCall(model_name=consultation.routed_model_name or settings.MODEL_NAME,
                             purpose=purpose, served_model=consultation.routed_model,
                             consultation_id=self.consultation_id)
-        metered = metered_chat(messages, meter=meter, max_tokens=max_tokens)
-        result = metered.result
+        result = self._stream(step, messages, meter=meter, max_tokens=max_tokens)
+        if not result.prompt_tokens:
+            # A reply stopped by a guard ends before the server sends its usage.
+            result = dataclasses.replace(result,
+                                         prompt_tokens=count_message_tokens(messages))
+        call = meter.record(result=result)
         Consultation.objects.filter(pk=self.consultation_id).update(
             prompt_tokens=F("prompt_tokens") + result.prompt_tokens,
             completion_tokens=F("completion_tokens") + result.completion_tokens,
-            cost=F("cost") + metered.call.cost)
+            cost=F("cost") + call.cost)
         return result
+
+    def _stream(self, step: DeepConsultStep, messages: list[dict[str, Any]], *,
+                meter: MeteredCall, max_tokens: int) -> ChatResult:
+        """The streamed call; a failure is recorded and raised, a lost claim (a cancel, a
+        deletion) closes the stream, which stops the server generating."""
+        text = ""
+        written = 0
+        last_progress = time.monotonic()
+        try:
+            stream = get_client().stream_chat(messages, model=meter.model_name,
+                                              max_tokens=max_tokens)
+            try:
+                for event in stream:
+                    if isinstance(event, StreamDone):
+                        return event.result
+                    assert isinstance(event, TextDelta)
+                    text += event.text
+                    written += 1
+                    if time.monotonic() - last_progress >= PROGRESS_EVERY_SECONDS:
+                        self._progress(step, text, written)
+                        last_progress = time.monotonic()
+            finally:
+                stream.close()
+        except ModelServiceError as error:
+            meter.record(error=error)
+            raise
+        raise ModelProtocolError("The model server's stream ended without its final result; "
+                                 "try again.")
+
+    def _progress(self, step: DeepConsultStep, text: str, written: int) -> None:
+        """Save the text so far and refresh the claim; ClaimLost on a cancel or a deletion."""
+        with transaction.atomic():
+            self._heartbeat()
+            DeepConsultStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING).update(
+                output={"text": text, "tokens_so_far": written})
+
+    def _heartbeat(self) -> None:
+        held = Consultation.objects.filter(
+            pk=self.consultation_id, claimed_by=self.token, status=Consultation.Status.RUNNING,
+            cancel_requested=False,
+        ).update(claimed_at=timezone.now())
+        if held != 1:
+            raise ClaimLost
 
     def _passages(self) -> list[Passage]:
         return stored_passages(self.consultation_id)
@@ -381,12 +487,21 @@ class DeepConsultJob:
         self._ensure_steps()
         handlers = {Kind.PLAN: self._plan, Kind.RETRIEVE: self._retrieve, Kind.DRAFT: self._draft,
                     Kind.VERIFY: self._verify, Kind.REVISE: self._revise, Kind.FINAL: self._final}
+        resuming = False
         for kind in STEP_KINDS:
             step = self.steps[kind]
-            if step.status in FINISHED_STEP:
+            # From the first unfinished step on, every step runs: each reads what came before.
+            if not resuming and step_is_finished(step):
                 continue
+            resuming = True
             self._begin(step)
             handlers[kind](step)
+        if resuming:
+            return
+        # Every step had finished, but the job was still running (a crash between the last
+        # step and its bookkeeping): finish it from what the steps stored.
+        self._begin(self.steps[Kind.FINAL])
+        self._final(self.steps[Kind.FINAL])
 
     def _plan(self, step: DeepConsultStep) -> None:
         question = self.consultation.question
@@ -404,8 +519,9 @@ class DeepConsultJob:
 
     def _retrieve(self, step: DeepConsultStep) -> None:
         sub_questions = self.steps[Kind.PLAN].output["sub_questions"]
-        results = [retrieve(sub_question) for sub_question in sub_questions]
         consultation = self.consultation
+        filters = SearchFilters(exclude_retracted=not consultation.include_retracted)
+        results = [retrieve(sub_question, filters=filters) for sub_question in sub_questions]
         # Fitted for the draft's prompt, so the passages stored are the passages it reads.
         fitted = fit(consultation.question, merge_sub_question_hits(results),
                      max_tokens=settings.ANSWER_MAX_TOKENS,

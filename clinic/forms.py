@@ -9,6 +9,10 @@ class AskForm(forms.Form):
                                strip=False)
     patient_note = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False,
                                    strip=False, label="Patient context (optional)")
+    include_retracted = forms.BooleanField(
+        required=False, label="Include retracted articles",
+        help_text="Shown marked as retracted, with the retraction notice; never counted as "
+                  "support for a statement.")
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from clinic import tasks
+from clinic.deep import consultation_cancel_now, reset_unfinished_steps
 from clinic.models import Consultation, Feedback
 from clinic.signals import feedback_received
 from jobs.queueing import enqueue_after_commit
@@ -67,7 +68,8 @@ def check_rate_limit(user: User) -> None:
 
 
 def consultation_create(*, user: User, question: str, patient_note: str = "",
-                        mode: str = Consultation.Mode.QUICK) -> Consultation:
+                        mode: str = Consultation.Mode.QUICK,
+                        include_retracted: bool = False) -> Consultation:
     question = clean_question(question)
     patient_note = clean_question(patient_note, field="patient note", required=False)
     if mode not in Consultation.Mode.values:
@@ -75,6 +77,7 @@ def consultation_create(*, user: User, question: str, patient_note: str = "",
     check_rate_limit(user)
     consultation = Consultation.objects.create(
         user=user, question=question, patient_note=patient_note, mode=mode,
+        include_retracted=include_retracted,
         token_budget=settings.DEEP_CONSULT_TOKEN_BUDGET if mode == Consultation.Mode.DEEP else 0,
     )
     logger.info("consultation %s created (mode %s, %d chars)", consultation.pk, mode,
@@ -93,26 +96,36 @@ def deep_consult_enqueue(consultation: Consultation) -> None:
 
 
 def consultation_retry(*, consultation: Consultation) -> Consultation:
-    """Put a failed or cancelled consultation back to pending; the page or queue picks it up."""
+    """Put a failed or cancelled consultation back to pending; the page or queue picks it up.
+
+    A deep consult resumes from its first unfinished step: the steps before it keep what they
+    stored, and that step and every later one wait to run again.
+    """
     with transaction.atomic():
         updated = Consultation.objects.filter(
             pk=consultation.pk,
             status__in=[Consultation.Status.FAILED, Consultation.Status.CANCELLED],
         ).update(status=Consultation.Status.PENDING, error_message="", cancel_requested=False,
-                 attempts=0, claimed_by="", claimed_at=None, updated_at=timezone.now())
+                 attempts=0, claimed_by="", claimed_at=None, completed_at=None,
+                 updated_at=timezone.now())
         consultation.refresh_from_db()
         if updated and consultation.mode == Consultation.Mode.DEEP:
+            reset_unfinished_steps(consultation.pk)
             deep_consult_enqueue(consultation)
+    if updated:
+        logger.info("consultation %s retried", consultation.pk)
     return consultation
 
 
 def consultation_cancel(*, consultation: Consultation) -> Consultation:
-    with transaction.atomic():
+    """A deep consult ends as cancelled at once (its job stops at its next check, within
+    seconds); a quick answer that has not started is cancelled."""
+    if consultation.mode == Consultation.Mode.DEEP:
+        consultation_cancel_now(consultation.pk)
+    else:
         Consultation.objects.filter(pk=consultation.pk, status=Consultation.Status.PENDING).update(
             status=Consultation.Status.CANCELLED, cancel_requested=True,
             completed_at=timezone.now(), updated_at=timezone.now())
-        Consultation.objects.filter(pk=consultation.pk, status=Consultation.Status.RUNNING).update(
-            cancel_requested=True, updated_at=timezone.now())
     consultation.refresh_from_db()
     return consultation
 

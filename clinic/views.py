@@ -37,13 +37,16 @@ logger = logging.getLogger(__name__)
 
 @require_http_methods(["GET", "POST"])
 def ask(request: HttpRequest) -> HttpResponse:
-    form = AskForm(request.POST or None)
+    # "Rephrase" on a withheld answer comes back here with its question in the box.
+    form = AskForm(request.POST or None,
+                   initial={"question": request.GET.get("question", "")[:4000]})
     if request.method == "POST" and form.is_valid():
         mode = Consultation.Mode.DEEP if "deep" in request.POST else Consultation.Mode.QUICK
         try:
             consultation = consultation_create(
                 user=request.user, question=form.cleaned_data["question"],  # type: ignore[arg-type]
-                patient_note=form.cleaned_data["patient_note"], mode=mode)
+                patient_note=form.cleaned_data["patient_note"], mode=mode,
+                include_retracted=form.cleaned_data["include_retracted"])
         except QuestionRejected as error:
             return render(request, "clinic/ask.html", {"form": form, "error": error.message},
                           status=400)
@@ -127,8 +130,12 @@ def consultation_retry_view(request: HttpRequest, consultation_id: int) -> HttpR
 @require_POST
 def consultation_cancel_view(request: HttpRequest, consultation_id: int) -> HttpResponse:
     consultation = _own_consultation(request, consultation_id)
-    consultation_cancel(consultation=consultation)
-    messages.info(request, "Cancellation requested; the job stops after its current step.")
+    consultation = consultation_cancel(consultation=consultation)
+    if consultation.status == Consultation.Status.CANCELLED:
+        messages.info(request, "Cancelled. Your question is kept; press Retry to ask it again.")
+    elif not consultation.is_finished:
+        messages.info(request, "This answer is already being written and cannot be stopped "
+                      "now; it will finish on its own.")
     return redirect("clinic:consultation", consultation_id=consultation.pk)
 
 

@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "clinic",
     "review",
     "evaluation",
+    "training",
 ]
 
 MIDDLEWARE = [
@@ -192,6 +193,14 @@ LOCAL_MODEL = env_choice("LOCAL_MODEL", "smollm2", ["smollm2", "tiny"],
                          "(SmolLM2-135M-Instruct) or tiny (random test Llama).")
 LOCAL_MODEL_PORT = env_int("LOCAL_MODEL_PORT", 8011, minimum=1, maximum=65535,
                            help="Port of the embedded transformers model server.")
+LOCAL_MODEL_CONTINUOUS_BATCHING = env_bool(
+    "LOCAL_MODEL_CONTINUOUS_BATCHING", True,
+    help="Run the embedded model server with continuous batching, so it answers concurrent "
+    "requests together instead of one at a time.")
+LOCAL_MODEL_KV_BLOCKS = env_int(
+    "LOCAL_MODEL_KV_BLOCKS", 512, minimum=16,
+    help="KV-cache blocks of 32 tokens the embedded server's continuous batching reserves "
+    "(512 = 16k tokens, about 0.8 GB for SmolLM2-135M).")
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "models"),
                                help="Where converted local models are kept."))
 MODEL_BASE_URL = env_url("MODEL_BASE_URL", "", schemes=("http", "https"),
@@ -216,7 +225,18 @@ MODEL_CONTEXT_TOKENS = env_int("MODEL_CONTEXT_TOKENS", 8192, minimum=256,
 MODEL_CONNECT_TIMEOUT = env_float("MODEL_CONNECT_TIMEOUT", 5.0, minimum=0.1,
                                   help="Seconds to connect to the model server.")
 MODEL_READ_TIMEOUT = env_float("MODEL_READ_TIMEOUT", 60.0, minimum=0.1,
-                               help="Seconds to wait for each response or streamed chunk.")
+                               help="Seconds to wait for a whole reply that is not streamed.")
+MODEL_FIRST_TOKEN_TIMEOUT = env_float(
+    "MODEL_FIRST_TOKEN_TIMEOUT", 180.0, minimum=0.1,
+    help="Seconds a streamed reply may take to send its first text (queueing and reading the "
+    "prompt included).")
+MODEL_TOKEN_GAP_TIMEOUT = env_float(
+    "MODEL_TOKEN_GAP_TIMEOUT", 30.0, minimum=0.1,
+    help="Seconds a streamed reply may go without sending text once it has started.")
+MODEL_REPETITION_WINDOW = env_int(
+    "MODEL_REPETITION_WINDOW", 300, minimum=0,
+    help="Characters at the end of a streamed reply checked for repetition; a window that "
+    "compresses to under 30% stops the reply as repeating itself (0 = no check).")
 MODEL_MAX_RETRIES = env_int("MODEL_MAX_RETRIES", 2, minimum=0, maximum=10,
                             help="Retries on connection errors, 429 and 5xx.")
 MODEL_READY_TIMEOUT = env_float("MODEL_READY_TIMEOUT", 20.0, minimum=0.5,
@@ -348,6 +368,18 @@ EVAL_GATE_MARGIN = env_float("EVAL_GATE_MARGIN", 0.02, minimum=0.0, maximum=0.5,
                              "if the 95% interval of (candidate - serving) accuracy lies "
                              "wholly above -margin.")
 
+# --- Training adapters ---------------------------------------------------------------------
+TRAINING_DIR = Path(env_str("TRAINING_DIR", str(VAR_DIR / "training"),
+                            help="Where training sets, adapters, checkpoints and merged weights "
+                            "are written (shared storage when workers and the model server are "
+                            "on different machines)."))
+# Names the embedded model server resolves: it runs in this folder, where each served adapter
+# is a link named after its served name, pointing at its merged weights.
+TRAINING_SERVED_DIR = TRAINING_DIR / "served"
+TRAINING_STALE_SECONDS = env_int("TRAINING_STALE_SECONDS", 600, minimum=30,
+                                 help="Seconds a running training job may go without progress "
+                                 "before another worker takes it over from its last checkpoint.")
+
 GIT_COMMIT = env_str("GIT_COMMIT", "", help="Commit recorded with evaluation runs when the "
                      "code is deployed without its .git folder.")
 
@@ -365,8 +397,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         name: {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False}
-        for name in ("clinic", "review", "evaluation", "retrieval", "modelsvc", "jobs", "config",
-                     "launcher")
+        for name in ("clinic", "review", "evaluation", "training", "retrieval", "modelsvc",
+                     "jobs", "config", "launcher")
     },
 }
 

@@ -24,6 +24,7 @@ urlpatterns = [
     path("api/v1/redoc", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("evaluation/", include("evaluation.urls")),
+    path("training/", include("training.urls")),
     path("review/", include("review.urls")),
     path("", include("clinic.urls")),
 ]

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluation.items import EvalError, EvalItem
 from evaluation.metrics import percentile, proportion
 from evaluation.models import EvalResult, EvalRun
-from evaluation.suites import EvalError, EvalItem
 from modelsvc.citations import ParsedClaim
 from modelsvc.claim_changes import (
     LABELS,

@@ -249,14 +249,19 @@ def _call_fields(answer: Answer) -> dict[str, Any]:
             "retrieved_pmids": [hit.pmid for hit in answer.prepared.retrieved]}
 
 
+# The answer format of PubMedQA* on a server without guided output; the synthetic literature
+# training set (training.literature) ends its prompts with it too.
+PUBMEDQA_TEXT_INSTRUCTION = ("Then, on a last line of its own, answer the question with one word: "
+                             f"'{ANSWER_LINE} yes', '{ANSWER_LINE} no' or '{ANSWER_LINE} maybe'.")
+
+
 def answer_pubmedqa(context: RunContext, item: EvalItem, condition: str) -> dict[str, Any]:
     if context.structured:
         instruction = ("Reply with JSON: \"explanation\" is your answer, citing passages as [n] "
                        "after each sentence; \"answer\" is yes, no or maybe.")
         response_format = structured_schema(suites.PUBMEDQA_DECISIONS, with_explanation=True)
     else:
-        instruction = ("Then, on a last line of its own, answer the question with one word: "
-                       f"'{ANSWER_LINE} yes', '{ANSWER_LINE} no' or '{ANSWER_LINE} maybe'.")
+        instruction = PUBMEDQA_TEXT_INSTRUCTION
         response_format = None
 
     def explanation(text: str) -> str:

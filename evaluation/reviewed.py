@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 
-from evaluation.suites import EvalItem
+from evaluation.items import EvalItem
 from modelsvc.accounting import MeteredCall, metered_chat
 from modelsvc.errors import ModelServiceError
 from modelsvc.verification import lexical_overlap

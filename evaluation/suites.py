@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
+from evaluation.items import EvalError, EvalItem
+from evaluation.reviewed import held_out_items
 from modelsvc.claim_changes import ClaimsFileError, read_claims_file
 from modelsvc.models import RouterVersion
 from modelsvc.router_training import question_fingerprint, training_split_of
@@ -27,22 +29,6 @@ ROUTING = "routing"
 VERIFICATION = "verification"
 
 PUBMEDQA_DECISIONS = ("yes", "no", "maybe")
-
-
-class EvalError(Exception):
-    """A run cannot start or go on; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    item_id: str
-    question: str
-    gold: str
-    subset: str = ""
-    options: dict[str, str] = field(default_factory=dict)
-    gold_pmids: tuple[str, ...] = ()
-    # Reviewed suite: the approved/corrected answer and the PMIDs it cites.
-    reference: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,7 +173,6 @@ def unseen_by_router(items: list[EvalItem]) -> list[EvalItem]:
 def reviewed_items(limit: int | None) -> tuple[list[EvalItem], str, str]:
     """Items from the review queue's held-out evaluation split; (items, source, fingerprint)."""
     # reviewed builds its items from this module's EvalItem, so it loads after this one.
-    from evaluation.reviewed import held_out_items
 
     items, source = held_out_items()
     if limit:

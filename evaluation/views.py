@@ -13,6 +13,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db.models import Prefetch
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -244,8 +245,17 @@ def models_gate(request: HttpRequest) -> HttpResponse:
     candidates = [{"model": model, "gate": check_gate(model)} for model in
                   ServedModel.objects.filter(status=ServedModel.Status.CANDIDATE)
                   .order_by("capability", "name")]
+    # Lineage: what trained each version (the training app's rows, reached through the
+    # registry's reverse relation), which runs evaluated it, who promoted it.
+    lineage = (ServedModel.objects.select_related(
+        "training_run__training_set__export_batch", "training_run__created_by")
+        .prefetch_related(Prefetch("eval_runs", queryset=EvalRun.objects.filter(
+            status=EvalRun.Status.COMPLETE).order_by("-finished_at", "-id")),
+            Prefetch("promotion_decisions", queryset=PromotionDecision.objects.filter(
+                promoted=True).select_related("decided_by")))
+        .order_by("capability", "-created_at"))
     return render(request, "evaluation/models.html", {
-        "candidates": candidates, "gate": gate_rules(),
+        "candidates": candidates, "gate": gate_rules(), "lineage": lineage,
         "serving": ServedModel.objects.filter(status=ServedModel.Status.SERVING),
         "decisions": PromotionDecision.objects.select_related(
             "served_model", "decided_by", "compared_with")[:30],

@@ -77,9 +77,24 @@ def start_embedded_redis(port: int, workdir: Path, log: IO[bytes] | None = None,
     raise ProcessStartError(f"The bundled Redis did not listen on port {port} within {timeout}s.")
 
 
+# Continuous batching keeps its KV cache in blocks of this many tokens.
+KV_BLOCK_TOKENS = 32
+
+
 def start_model_server(model_folder: Path, port: int, log: IO[bytes] | None = None,
-                       device: str = "cpu") -> subprocess.Popen[bytes]:
-    """Start `transformers serve` for a local model folder (OpenAI-compatible, streaming)."""
+                       device: str = "cpu", *, continuous_batching: bool = False,
+                       kv_blocks: int = 512, adapters_dir: Path | None = None,
+                       ) -> subprocess.Popen[bytes]:
+    """Start `transformers serve` for a local model folder (OpenAI-compatible, streaming).
+
+    With `continuous_batching` it generates for every open request at once (paged attention,
+    which works on CPU too), so a second question starts answering in seconds instead of
+    waiting for the first to finish; `kv_blocks` x 32 tokens of cache are reserved for it.
+    With `adapters_dir` (TRAINING_SERVED_DIR, where each trained adapter is a link named after
+    its served name to its merged weights) the server is not pinned to model_folder: it runs in
+    that folder, so a request's `model` may also name an adapter, and it keeps every model it
+    loads; model_folder then loads on its first request (the readiness check makes that one).
+    """
     if port_is_open("127.0.0.1", port):
         raise ProcessStartError(
             f"Port {port} is already taken, so the local model server cannot start; set "
@@ -91,11 +106,18 @@ def start_model_server(model_folder: Path, port: int, log: IO[bytes] | None = No
                                 "transformers[serving] (./run does it).")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")
+    command = [str(executable), "serve", *([] if adapters_dir else [str(model_folder)]),
+               "--device", device, "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning"]
+    if adapters_dir:
+        command += ["--model-timeout=-1"]
+    if continuous_batching:
+        command += ["--continuous-batching", "--cb-block-size", str(KV_BLOCK_TOKENS),
+                    "--cb-num-blocks", str(kv_blocks)]
     return subprocess.Popen(
-        [str(executable), "serve", str(model_folder), "--device", device, "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        command,
         stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
-        start_new_session=True,
+        start_new_session=True, cwd=adapters_dir,
     )
 
 

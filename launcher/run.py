@@ -115,6 +115,9 @@ def _start(stack: Stack, settings: object) -> int:
     from django.core.management import call_command
     from django.db import OperationalError
 
+    from training.serving import served_dir
+    from training.tasks import TRAINING_QUEUE
+
     bin_dir = Path(sys.executable).parent
     s = django_settings
 
@@ -150,18 +153,22 @@ def _start(stack: Stack, settings: object) -> int:
             except LocalModelError as error:
                 fail(str(error))
                 return 2
-            say("model", f"starting transformers serve on port {s.LOCAL_MODEL_PORT}")
-            server = start_model_server(folder, s.LOCAL_MODEL_PORT,
-                                        log=stack.log_file("model-server"))
+            batching = " with continuous batching" if s.LOCAL_MODEL_CONTINUOUS_BATCHING else ""
+            say("model", f"starting transformers serve on port {s.LOCAL_MODEL_PORT}{batching}")
+            server = start_model_server(
+                folder, s.LOCAL_MODEL_PORT, log=stack.log_file("model-server"),
+                continuous_batching=s.LOCAL_MODEL_CONTINUOUS_BATCHING,
+                kv_blocks=s.LOCAL_MODEL_KV_BLOCKS, adapters_dir=served_dir())
             stack.add("model server", server)
             wait_for_http(f"http://127.0.0.1:{s.LOCAL_MODEL_PORT}/health", server, 180,
                           "The local model server")
         else:
             say("model", f"using {s.MODEL_BASE_URL} (model {s.MODEL_NAME})")
 
-        say("worker", "starting one Celery worker")
+        say("worker", "starting one Celery worker (default and training queues)")
         stack.spawn("worker", [str(bin_dir / "celery"), "-A", "config", "worker",
                                "--concurrency", "1", "--loglevel", "INFO",
+                               "-Q", f"celery,{TRAINING_QUEUE}",
                                "--hostname", f"worker-{os.getpid()}@%h"])
 
         _load_demo_corpus(s)

@@ -1,7 +1,14 @@
 """One client for the OpenAI-compatible chat protocol: `transformers serve` locally, `vllm serve`
 in production, unchanged.
 
-- Timeouts on connect and on each response read / streamed chunk (never a library default).
+- Timeouts on connect; a streamed reply has one for its first text (MODEL_FIRST_TOKEN_TIMEOUT,
+  queueing and prompt reading included) and one between texts after that
+  (MODEL_TOKEN_GAP_TIMEOUT), never one for the whole reply, so a long answer that keeps coming
+  is never cut off and a stalled one is noticed at once. A reply that is not streamed waits at
+  most MODEL_READ_TIMEOUT.
+- Guards stop a streamed reply that repeats itself or runs past `max_tokens`; it ends with
+  `finish_reason` "repetition" or "length", and the server stops generating (the request is
+  closed).
 - Retries with backoff (tenacity) on connection errors, 429 and 5xx only, and only before any
   text has been received; a 4xx such as "maximum context length" is permanent and not retried.
 - A consumer that stops iterating a stream closes the upstream HTTP request, so the server
@@ -13,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import re
+import socket
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+import zlib
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +53,18 @@ from modelsvc.errors import (
     ModelTimeoutError,
     ModelUnavailableError,
 )
+from modelsvc.tokens import count_message_tokens
 
 logger = logging.getLogger(__name__)
+
+# Why a streamed reply ended early: the guards' finish reasons, beside the server's "stop" and
+# "length".
+STOPPED_REPEATING = "repetition"
+STOPPED_AT_LENGTH = "length"
+# A window of ordinary prose compresses to about 60% of its length; text looping on a phrase or
+# a numbering ("1. 1. 2. 2. ...") to under 25%.
+_REPETITIVE_RATIO = 0.3
+_LENGTH_SLACK = 8
 
 _CONTEXT_LENGTH = re.compile(
     r"context length|context window|maximum context|max_model_len|too long|too many tokens|"
@@ -81,6 +101,9 @@ class ClientConfig:
     api_key: str = ""
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    first_token_timeout: float = 180.0
+    token_gap_timeout: float = 30.0
+    repetition_window: int = 300
     max_retries: int = 2
     backoff_initial: float = 0.25
     backoff_max: float = 4.0
@@ -92,6 +115,9 @@ class ClientConfig:
             api_key=settings.MODEL_API_KEY,
             connect_timeout=float(settings.MODEL_CONNECT_TIMEOUT),
             read_timeout=float(settings.MODEL_READ_TIMEOUT),
+            first_token_timeout=float(settings.MODEL_FIRST_TOKEN_TIMEOUT),
+            token_gap_timeout=float(settings.MODEL_TOKEN_GAP_TIMEOUT),
+            repetition_window=int(settings.MODEL_REPETITION_WINDOW),
             max_retries=int(settings.MODEL_MAX_RETRIES),
         )
 
@@ -164,14 +190,36 @@ def error_from_exception(exc: Exception, *, base_url: str) -> ModelServiceError:
     raise exc
 
 
-class _StreamReader:
-    """Turns `data:` lines into text deltas and, at the end, a ChatResult."""
+def no_first_token(config: ClientConfig, detail: str = "") -> ModelTimeoutError:
+    return ModelTimeoutError(
+        f"The model server sent no text within {config.first_token_timeout:g} s "
+        "(MODEL_FIRST_TOKEN_TIMEOUT); it may be busy with other questions. Try again, and tell "
+        "an administrator if it keeps happening.", detail=detail)
 
-    def __init__(self, model: str, started: float) -> None:
+
+def is_repetitive(text: str, window: int) -> bool:
+    """True when the last `window` characters loop: they compress to under 30% of their size."""
+    if window <= 0 or len(text) < window:
+        return False
+    tail = text[-window:].encode()
+    return len(zlib.compress(tail, 9)) < _REPETITIVE_RATIO * len(tail)
+
+
+class _StreamReader:
+    """Turns `data:` lines into text deltas and, at the end, a ChatResult; keeps the clocks
+    of the per-token timeouts and the guards."""
+
+    def __init__(self, model: str, started: float, config: ClientConfig,
+                 max_tokens: int, messages: list[dict[str, Any]]) -> None:
         self.model = model
+        self.messages = messages
         self.started = started
+        self.config = config
+        self.max_tokens = max_tokens
         self.parts: list[str] = []
+        self.text = ""
         self.content_chunks = 0
+        self.last_text_at = started
         self.first_token_ms: int | None = None
         self.finish_reason: str | None = None
         self.usage: protocol.Usage | None = None
@@ -203,17 +251,48 @@ class _StreamReader:
             return None
         if self.first_token_ms is None:
             self.first_token_ms = _ms(self.started)
+        self.last_text_at = time.perf_counter()
         self.content_chunks += 1
         self.parts.append(text)
+        self.text += text
         return text
+
+    def seconds_left(self) -> float:
+        """Until the first text is due, or the next one once text has started."""
+        if self.first_token_ms is None:
+            return self.started + self.config.first_token_timeout - time.perf_counter()
+        return self.last_text_at + self.config.token_gap_timeout - time.perf_counter()
+
+    def timed_out(self) -> ModelTimeoutError:
+        if self.first_token_ms is None:
+            return no_first_token(self.config)
+        return ModelTimeoutError(
+            f"The model server stopped sending text for {self.config.token_gap_timeout:g} s "
+            "in the middle of the answer (MODEL_TOKEN_GAP_TIMEOUT); try again, and tell an "
+            "administrator if it keeps happening.")
+
+    def guard(self) -> bool:
+        """True (and the finish reason set) when the reply must stop here."""
+        if self.content_chunks > self.max_tokens + _LENGTH_SLACK:
+            # One chunk is at least one token: a server that ignores max_tokens is stopped (with
+            # some slack, so a server that keeps to it sends its usage before it ends).
+            self.finish_reason = STOPPED_AT_LENGTH
+            return True
+        if is_repetitive(self.text, self.config.repetition_window):
+            self.finish_reason = STOPPED_REPEATING
+            return True
+        return False
 
     def result(self) -> ChatResult:
         if self.usage is None:
-            # A server without include_usage support: one chunk is one token on both servers.
-            logger.debug("stream ended without usage; counting chunks")
+            # No usage chunk: a server without include_usage support, or a stream the guards
+            # cut short. One chunk is one token on both servers; the prompt is counted with the
+            # served model's tokenizer, as the token budget counts it.
+            logger.debug("stream ended without usage; counting chunks and the prompt")
         return ChatResult(
             text="".join(self.parts),
-            prompt_tokens=self.usage.prompt_tokens if self.usage else 0,
+            prompt_tokens=(self.usage.prompt_tokens if self.usage
+                           else count_message_tokens(self.messages)),
             completion_tokens=(self.usage.completion_tokens if self.usage
                                else self.content_chunks),
             time_to_first_token_ms=self.first_token_ms,
@@ -223,12 +302,66 @@ class _StreamReader:
         )
 
 
+_END = object()
+
+
+def _lines_within(response: httpx.Response, reader: _StreamReader) -> Iterator[str]:
+    """The response's lines, each waited for no longer than the reader's clocks allow.
+
+    A blocking read cannot be given a new deadline per line, so a thread reads and this waits
+    on a queue; when the consumer stops, the caller closes the response, which ends the read.
+    """
+    lines: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def pump() -> None:
+        try:
+            for line in response.iter_lines():
+                lines.put(line)
+        except Exception as exc:  # handed to the consumer, which raises it as its own
+            lines.put(exc)
+        lines.put(_END)
+
+    threading.Thread(target=pump, name="model-stream-reader", daemon=True).start()
+    while True:
+        try:
+            item = lines.get(timeout=max(reader.seconds_left(), 0))
+        except queue.Empty:
+            raise reader.timed_out() from None
+        if item is _END:
+            return
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+def _hang_up(response: httpx.Response) -> None:
+    """Close a response whose body a reader thread may be blocked on.
+
+    Closing a socket does not wake a thread blocked reading it; shutting it down does, and
+    tells the server at once.
+    """
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the server
+    response.close()
+
+
 class ModelClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._timeout = httpx.Timeout(connect=config.connect_timeout, read=config.read_timeout,
                                       write=config.read_timeout, pool=config.connect_timeout)
+        # A stream's clocks are kept by _StreamReader; the socket's timeout only backs them up
+        # (servers send a stream's headers at once, so it is the clocks that count).
+        self._stream_timeout = httpx.Timeout(
+            connect=config.connect_timeout, write=config.read_timeout,
+            pool=config.connect_timeout,
+            read=max(config.first_token_timeout, config.token_gap_timeout))
         self._client_options: dict[str, Any] = {
             "base_url": config.base_url + "/", "headers": headers, "timeout": self._timeout,
             "follow_redirects": False,
@@ -324,13 +457,16 @@ class ModelClient:
         def attempt() -> httpx.Response:
             response: httpx.Response | None = None
             try:
-                request = self._http.build_request("POST", "chat/completions", json=body)
+                request = self._http.build_request("POST", "chat/completions", json=body,
+                                                   timeout=self._stream_timeout)
                 response = self._http.send(request, stream=True)
                 if response.status_code != 200:
                     content = response.read()
                     response.close()
                     self._check(response, content)
                 return response
+            except httpx.ReadTimeout as exc:
+                raise no_first_token(self.config, repr(exc)) from None
             except Exception as exc:
                 if response is not None:
                     response.close()
@@ -341,28 +477,28 @@ class ModelClient:
 
     def stream_chat(self, messages: list[dict[str, Any]], *, model: str, max_tokens: int,
                     temperature: float = 0.0, response_format: dict[str, Any] | None = None,
-                    ) -> Iterator[StreamEvent]:
+                    ) -> Generator[StreamEvent, None, None]:
         body = self._request(messages, model=model, max_tokens=max_tokens,
                              temperature=temperature, response_format=response_format,
                              stream=True)
         started = time.perf_counter()
         response = self._open_stream(body)
-        reader = _StreamReader(model, started)
+        reader = _StreamReader(model, started, self.config, max_tokens, messages)
         try:
-            for line in response.iter_lines():
+            for line in _lines_within(response, reader):
                 text = reader.feed(line)
                 if text is not None:
                     yield TextDelta(text)
-                if reader.done:
+                if reader.done or (text is not None and reader.guard()):
                     break
         except ModelServiceError:
             raise
         except Exception as exc:
             raise error_from_exception(exc, base_url=self.config.base_url) from None
         finally:
-            # Also runs when the consumer stops early (GeneratorExit): closing an unfinished
-            # response drops the connection, and the server stops generating.
-            response.close()
+            # Also runs when the consumer stops early (GeneratorExit) or a guard or clock stops
+            # the reply: dropping the connection makes the server stop generating.
+            _hang_up(response)
         yield StreamDone(reader.result())
 
     async def _aopen_stream(self, body: dict[str, Any]) -> httpx.Response:
@@ -371,12 +507,15 @@ class ModelClient:
         async for attempt in AsyncRetrying(**self._retry_options()):
             with attempt:
                 try:
-                    request = http.build_request("POST", "chat/completions", json=body)
+                    request = http.build_request("POST", "chat/completions", json=body,
+                                                 timeout=self._stream_timeout)
                     response = await http.send(request, stream=True)
                     if response.status_code != 200:
                         content = await response.aread()
                         await response.aclose()
                         self._check(response, content)
+                except httpx.ReadTimeout as exc:
+                    raise no_first_token(self.config, repr(exc)) from None
                 except Exception as exc:
                     if response is not None:
                         await response.aclose()
@@ -393,13 +532,22 @@ class ModelClient:
                              stream=True)
         started = time.perf_counter()
         response = await self._aopen_stream(body)
-        reader = _StreamReader(model, started)
+        reader = _StreamReader(model, started, self.config, max_tokens, messages)
+        lines = response.aiter_lines()
         try:
-            async for line in response.aiter_lines():
+            while True:
+                try:
+                    # asyncio.timeout, not wait_for: it never swallows the task's own cancel.
+                    async with asyncio.timeout(max(reader.seconds_left(), 0)):
+                        line = await anext(lines)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise reader.timed_out() from None
                 text = reader.feed(line)
                 if text is not None:
                     yield TextDelta(text)
-                if reader.done:
+                if reader.done or (text is not None and reader.guard()):
                     break
         except ModelServiceError:
             raise

@@ -12,6 +12,8 @@ from typing import Any
 
 from modelsvc.injection import redact_injections
 
+# A retracted passage (in the prompt only when the clinician asks to include them) carries its own
+# marking, so prompts without one are the same bytes as before it and keep this version.
 PROMPT_VERSION = "answer-v1"
 
 SYSTEM_PROMPT = (
@@ -41,6 +43,8 @@ class PromptPassage:
     pmid: str
     title: str
     text: str
+    retracted: bool = False
+    retraction_notice_pmid: str = ""
 
 
 def neutralise(text: str) -> str:
@@ -51,9 +55,20 @@ def _attribute(value: str) -> str:
     return re.sub(r"[\"<>\n]", " ", value)
 
 
+def retraction_line(passage: PromptPassage) -> str:
+    notice = (f" (retraction notice PMID {_attribute(passage.retraction_notice_pmid)})"
+              if passage.retraction_notice_pmid else "")
+    return (f"RETRACTED: this article was retracted{notice}. It is not evidence; do not base any "
+            "finding on it.")
+
+
 def format_passage(passage: PromptPassage) -> str:
     text, _ = redact_injections(neutralise(passage.text))
     title, _ = redact_injections(neutralise(passage.title))
+    if passage.retracted:
+        return (f'<passage number="{passage.number}" pmid="{_attribute(passage.pmid)}" '
+                f'retracted="true">\n{retraction_line(passage)}\n'
+                f"Title: {title}\n{text}\n</passage>")
     return (f'<passage number="{passage.number}" pmid="{_attribute(passage.pmid)}">\n'
             f"Title: {title}\n{text}\n</passage>")
 

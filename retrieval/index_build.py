@@ -24,7 +24,7 @@ import numpy as np
 from retrieval import embedding, index_store, lexical
 from retrieval.chunking import CHUNKER_VERSION
 from retrieval.models import Chunk, ChunkEmbedding
-from retrieval.services import drafts_text, ensure_embeddings
+from retrieval.vectors import drafts_text, ensure_embeddings
 
 logger = logging.getLogger(__name__)
 

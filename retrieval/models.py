@@ -18,6 +18,8 @@ class Article(models.Model):
     publication_types = models.JSONField(default=list, blank=True)
     language = models.CharField(max_length=16, blank=True)
     retracted = models.BooleanField(default=False, db_index=True)
+    # PubMed's link to the retraction notice (CommentsCorrections RefType="RetractionIn").
+    retraction_notice_pmid = models.CharField(max_length=20, blank=True)
     content_hash = models.CharField(max_length=64)
     source_file = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -45,17 +45,22 @@ class ParsedArticle:
     publication_types: list[str] = field(default_factory=list)
     language: str = ""
     retracted: bool = False
+    # The retraction notice's PMID (CommentsCorrections RefType="RetractionIn"), when linked.
+    retraction_notice_pmid: str = ""
 
     @property
     def abstract(self) -> str:
         return "\n".join(f"{label}: {text}" if label else text for label, text in self.sections)
 
     def content_hash(self, chunker_version: str) -> str:
-        payload = json.dumps(
-            [chunker_version, self.pmid, self.title, self.sections, self.journal, self.year,
-             self.mesh_terms, self.publication_types, self.language, self.retracted],
-            ensure_ascii=False, separators=(",", ":"),
-        )
+        fields: list[Any] = [chunker_version, self.pmid, self.title, self.sections, self.journal,
+                             self.year, self.mesh_terms, self.publication_types, self.language,
+                             self.retracted]
+        # Appended only when present, so articles without a notice keep the hashes they had and
+        # a re-ingest leaves them alone.
+        if self.retraction_notice_pmid:
+            fields.append(self.retraction_notice_pmid)
+        payload = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -230,6 +235,8 @@ def _parse_pubmed_article(element: etree._Element, report: ReadReport) -> Parsed
     publication_types = [_text(p) for p in article.findall("PublicationTypeList/PublicationType")]
     retraction_notices = citation.findall("CommentsCorrectionsList/CommentsCorrections"
                                           "[@RefType='RetractionIn']")
+    notice_pmids = [pmid for pmid in (_text(notice.find("PMID")) for notice in retraction_notices)
+                    if pmid.isdigit() and len(pmid) <= PMID_MAX_LENGTH]
     journal = _text(article.find("Journal/Title")) or _text(article.find("Journal/ISOAbbreviation"))
     return ParsedArticle(
         pmid=pmid,
@@ -242,6 +249,7 @@ def _parse_pubmed_article(element: etree._Element, report: ReadReport) -> Parsed
         publication_types=[p for p in publication_types if p],
         language=_text(article.find("Language"))[:16],
         retracted=RETRACTED_TYPE in publication_types or bool(retraction_notices),
+        retraction_notice_pmid=notice_pmids[0] if notice_pmids else "",
     )
 
 
@@ -348,6 +356,9 @@ def article_from_mapping(pmid: str, data: dict[str, Any],
         report.skip("missing or invalid id")
         return None
     publication_types = _string_list(data.get("publication_types"))
+    notice_pmid = str(data.get("retraction_notice_pmid") or "").strip()
+    if not notice_pmid.isdigit() or len(notice_pmid) > PMID_MAX_LENGTH:
+        notice_pmid = ""
     return ParsedArticle(
         pmid=pmid,
         title=" ".join(str(data.get("title") or "").split()),
@@ -357,7 +368,9 @@ def article_from_mapping(pmid: str, data: dict[str, Any],
         mesh_terms=_string_list(data.get("mesh_terms")),
         publication_types=publication_types,
         language=str(data.get("language") or "")[:16],
-        retracted=bool(data.get("retracted")) or RETRACTED_TYPE in publication_types,
+        retracted=(bool(data.get("retracted")) or RETRACTED_TYPE in publication_types
+                   or bool(notice_pmid)),
+        retraction_notice_pmid=notice_pmid,
     )
 
 

@@ -66,6 +66,7 @@ class Hit:
     text: str
     score: float
     stages: dict[str, int] = field(default_factory=dict)
+    retraction_notice_pmid: str = ""
 
 
 @dataclass
@@ -385,7 +386,7 @@ def _hits(index: LoadedIndex, ranked: list[tuple[int, float, int]], k: int,
             chunk_id=chunk.pk, pmid=article.pmid, title=article.title, journal=article.journal,
             year=article.year, publication_types=list(article.publication_types),
             retracted=article.retracted, section=chunk.section, text=chunk.text,
-            score=round(score, 6),
+            score=round(score, 6), retraction_notice_pmid=article.retraction_notice_pmid,
             stages={name: ranks[article_id] for name, ranks in stage_ranks.items()
                     if article_id in ranks},
         ))

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -22,7 +21,8 @@ from django.utils import timezone
 from jobs.queueing import enqueue_after_commit
 from retrieval import embedding, tasks
 from retrieval.chunking import CHUNKER_VERSION, chunk_article, content_hash
-from retrieval.models import Article, Chunk, ChunkEmbedding, IngestFile, IngestRun
+from retrieval.index_build import build_index
+from retrieval.models import Article, Chunk, IngestFile, IngestRun
 from retrieval.parsers import (
     DeletedCitation,
     ParsedArticle,
@@ -31,11 +31,11 @@ from retrieval.parsers import (
     detect_format,
     read_records,
 )
+from retrieval.vectors import drafts_text, ensure_embeddings
 
 logger = logging.getLogger(__name__)
 
 ARTICLE_BATCH = 256
-EMBED_LOOKUP_BATCH = 500  # hashes per IN (...) query; well under SQLite's variable limit
 
 ProgressCallback = Callable[[IngestFile], None]
 
@@ -238,7 +238,8 @@ def _store_articles(state: _FileState, articles: list[ParsedArticle], hashes: di
                 abstract=parsed.abstract, abstract_sections=[list(s) for s in parsed.sections],
                 journal=parsed.journal, year=parsed.year, mesh_terms=parsed.mesh_terms,
                 publication_types=parsed.publication_types, language=parsed.language,
-                retracted=parsed.retracted, content_hash=hashes[parsed.pmid], source_file=source,
+                retracted=parsed.retracted, retraction_notice_pmid=parsed.retraction_notice_pmid,
+                content_hash=hashes[parsed.pmid], source_file=source,
             )
             if parsed.pmid in existing:
                 row.pk = existing[parsed.pmid][0]
@@ -252,7 +253,8 @@ def _store_articles(state: _FileState, articles: list[ParsedArticle], hashes: di
                 row.updated_at = now
             Article.objects.bulk_update(old_rows, [
                 "collection", "title", "abstract", "abstract_sections", "journal", "year",
-                "mesh_terms", "publication_types", "language", "retracted", "content_hash",
+                "mesh_terms", "publication_types", "language", "retracted",
+                "retraction_notice_pmid", "content_hash",
                 "source_file", "updated_at"])
             Chunk.objects.filter(article_id__in=[row.pk for row in old_rows]).delete()
         if any(row.pk is None for row in new_rows):  # backends without RETURNING
@@ -275,10 +277,6 @@ def _store_articles(state: _FileState, articles: list[ParsedArticle], hashes: di
     state.ingest_file.chunks_embedded += ensure_embeddings(texts)
 
 
-def drafts_text(title: str, text: str) -> str:
-    return f"{title}\n{text}" if title else text
-
-
 def _delete_articles(state: _FileState, pmids: list[str], *, note_missing: bool = True) -> None:
     """Remove articles (their chunks cascade); the index drops them at the run's rebuild and
     search already skips hits whose chunk is gone."""
@@ -294,29 +292,6 @@ def _delete_articles(state: _FileState, pmids: list[str], *, note_missing: bool 
 # --- embeddings ---------------------------------------------------------------------------
 
 
-def ensure_embeddings(texts_by_hash: dict[str, str]) -> int:
-    """Embed the texts whose hash has no stored vector for the current model; returns count."""
-    if not texts_by_hash:
-        return 0
-    model_name = embedding.embedding_model_name()
-    hashes = list(texts_by_hash)
-    known: set[str] = set()
-    for start in range(0, len(hashes), EMBED_LOOKUP_BATCH):
-        known.update(ChunkEmbedding.objects.filter(
-            model_name=model_name, content_hash__in=hashes[start:start + EMBED_LOOKUP_BATCH],
-        ).values_list("content_hash", flat=True))
-    missing = [h for h in hashes if h not in known]
-    if not missing:
-        return 0
-    vectors = embedding.embed_texts([texts_by_hash[h] for h in missing])
-    ChunkEmbedding.objects.bulk_create(
-        [ChunkEmbedding(model_name=model_name, content_hash=h, dimension=vectors.shape[1],
-                        vector=np.asarray(vector, dtype="<f4").tobytes())
-         for h, vector in zip(missing, vectors, strict=True)],
-        ignore_conflicts=True, batch_size=500)
-    return len(missing)
-
-
 # --- end of a run -------------------------------------------------------------------------
 
 
@@ -324,8 +299,6 @@ def finish_run(run_id: int) -> IngestRun | None:
     """Build the index once every file of the run is finished (exactly one caller wins)."""
     # index_build reuses this module's embedding helpers; imported here so neither module
     # needs the other half-loaded.
-    from retrieval.index_build import build_index
-
     open_files = IngestFile.objects.filter(run_id=run_id).filter(
         Q(status=IngestFile.Status.PENDING) | Q(status=IngestFile.Status.RUNNING))
     if open_files.exists():

@@ -2,6 +2,13 @@
 
 Deterministic from the database alone: the same reviewed items and filters give the same bytes
 (no timestamps, sorted keys, ordered by consultation), so an export can be rebuilt and checked.
+
+A withheld answer (`Consultation.abstained`: its draft was never shown to the clinician) is
+marked as such: `"withheld": true` in eval records and in the manifest's entry for every line
+(SFT and DPO records keep exactly the keys TRL's trainers read).
+Its draft is never a target: an SFT chat or an eval reference uses it only once a reviewer
+corrected it into something else (an approved withheld draft is counted `withheld_draft` and
+left out); as the rejected side of a DPO pair it is what it should be.
 """
 
 from __future__ import annotations
@@ -160,7 +167,9 @@ def _prompt_messages(question: str, patient_note: str, passages: list[RetrievedP
                      use_retrieval: bool) -> list[dict[str, str]]:
     if use_retrieval and passages:
         return build_answer_messages(
-            question, [PromptPassage(number=p.rank, pmid=p.pmid, title=p.title, text=p.text)
+            question, [PromptPassage(number=p.rank, pmid=p.pmid, title=p.title, text=p.text,
+                                     retracted=p.retracted,
+                                     retraction_notice_pmid=p.retraction_notice_pmid)
                        for p in passages], patient_note=patient_note)
     return build_no_retrieval_messages(question, patient_note=patient_note)
 
@@ -245,13 +254,25 @@ def _record(fmt: str, item: ReviewItem, scrubbed: Scrubbed) -> dict[str, Any]:
         "reference_citations": [claim.get("citations", []) for claim in item.final_claims],
         "outcome": item.outcome,
         "specialty": item.specialty,
+        "withheld": consultation.abstained,
     }
+
+
+def _rewritten(item: ReviewItem) -> bool:
+    return (item.outcome == ReviewItem.Outcome.CORRECTED
+            and item.final_answer_text.strip() != item.consultation.answer_text.strip())
+
+
+def _withheld_draft_as_target(fmt: str, item: ReviewItem) -> bool:
+    """Would this record teach (or score against) a draft that was withheld from the clinician?"""
+    return (fmt != ExportBatch.Format.DPO and item.consultation.abstained
+            and item.outcome in (ReviewItem.Outcome.APPROVED, ReviewItem.Outcome.CORRECTED)
+            and not _rewritten(item))
 
 
 def _wanted(fmt: str, item: ReviewItem) -> bool:
     if fmt == ExportBatch.Format.DPO:
-        return (item.outcome == ReviewItem.Outcome.CORRECTED
-                and item.final_answer_text.strip() != item.consultation.answer_text.strip())
+        return _rewritten(item)
     return item.outcome in (ReviewItem.Outcome.APPROVED, ReviewItem.Outcome.CORRECTED)
 
 
@@ -273,6 +294,7 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
     items = list(_candidates())
     lines: list[bytes] = []
     line_items: list[str] = []
+    line_withheld: list[bool] = []
     models: set[str] = set()
     prompt_versions: set[str] = set()
     reviewers: set[str] = set()
@@ -306,6 +328,9 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
         if not _wanted(fmt, item):
             counts["not_applicable"] += 1
             continue
+        if _withheld_draft_as_target(fmt, item):
+            counts["withheld_draft"] += 1
+            continue
         scrubbed = scrub_item(item)
         if scrubbed.unsure:
             clearance = current_clearance(item)
@@ -325,6 +350,9 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
             redactions.update(scrubbed.redactions)
         lines.append(canonical_line(_record(fmt, item, scrubbed)))
         line_items.append(item_key(consultation.pk))
+        line_withheld.append(consultation.abstained)
+        if consultation.abstained:
+            counts["withheld_exported"] += 1
         models.add(item.model_name or "unknown")
         if consultation.prompt_version:
             prompt_versions.add(consultation.prompt_version)
@@ -365,10 +393,10 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
         "model_versions": sorted(models),
         "prompt_versions": sorted(prompt_versions),
         "reviewers": sorted(reviewers),
-        "lines": [{"line": number, "item": key,
+        "lines": [{"line": number, "item": key, "withheld": withheld,
                    "sha256": hashlib.sha256(line).hexdigest()}
-                  for number, (key, line) in enumerate(zip(line_items, lines, strict=True),
-                                                       start=1)],
+                  for number, (key, withheld, line) in enumerate(
+                      zip(line_items, line_withheld, lines, strict=True), start=1)],
     }
     manifest_path = out_dir / f"{fmt}.manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -170,12 +170,14 @@ def start_worker(redis_server: str, tmp_path: Path) -> Iterator[Any]:
 
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(name: str = "w1", **extra_env: str) -> subprocess.Popen[bytes]:
+    def start(name: str = "w1", *, queues: str = "", **extra_env: str
+              ) -> subprocess.Popen[bytes]:
         log_path = tmp_path / f"worker-{name}.log"
         process = subprocess.Popen(
             [str(Path(sys.executable).with_name("celery")), "-A", "config", "worker",
              "--pool", "solo", "--loglevel", "INFO", "--hostname", f"{name}@%h",
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+             "--without-gossip", "--without-mingle", "--without-heartbeat",
+             *(["-Q", queues] if queues else [])],
             cwd=settings.BASE_DIR, env=subprocess_env(**extra_env),
             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60

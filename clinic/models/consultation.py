@@ -20,6 +20,12 @@ class Consultation(models.Model):
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
+    class WithheldReason(models.TextChoices):
+        LOW_SUPPORT = "low_support", "Too few statements supported by their citations"
+        CONTRADICTED = "contradicted", "A cited passage contradicts a statement"
+        INJECTION = "injection", "Repeated instructions found inside a passage"
+        EMPTY = "empty", "No answer was generated"
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
                              related_name="consultations")
     question = models.TextField()
@@ -42,10 +48,17 @@ class Consultation(models.Model):
     routing_fallback = models.BooleanField(default=False)
     use_retrieval = models.BooleanField(default=True)
     suggested_deep = models.BooleanField(default=False)
+    # Retracted articles are left out of the evidence unless the clinician asks for them; then
+    # they are marked retracted in the prompt and never count as support.
+    include_retracted = models.BooleanField(default=False)
 
-    # The answer as generated (kept while streaming so a reload never loses it).
+    # The answer as generated once finished (the draft, also when withheld: reviewers read it).
+    # While a quick answer streams it holds only the sentences released to the clinician.
     answer_text = models.TextField(blank=True)
+    # Withheld: the draft is never shown to the clinician, only why and what to do.
     abstained = models.BooleanField(default=False)
+    withheld_reason = models.CharField(max_length=16, choices=WithheldReason.choices,
+                                       blank=True)
     support_rate = models.FloatField(null=True, blank=True)
     removed_citations = models.PositiveIntegerField(default=0)
     prompt_version = models.CharField(max_length=32, blank=True)
@@ -96,6 +109,8 @@ class RetrievedPassage(models.Model):
     year = models.PositiveSmallIntegerField(null=True, blank=True)
     publication_types = models.JSONField(default=list, blank=True)
     retracted = models.BooleanField(default=False)
+    # The PMID of the retraction notice, when PubMed links one.
+    retraction_notice_pmid = models.CharField(max_length=20, blank=True)
     section = models.CharField(max_length=100, blank=True)
     text = models.TextField()
     score = models.FloatField()
@@ -116,7 +131,12 @@ class RetrievedPassage(models.Model):
 
 
 class Claim(models.Model):
-    """One sentence of the answer, with the passages it cites and how well they support it."""
+    """One sentence of the answer, with the passages it cites and what they say of it."""
+
+    class Verdict(models.TextChoices):
+        SUPPORTED = "supported", "Supported"
+        CONTRADICTED = "contradicted", "Contradicted"
+        NOT_FOUND = "not_found", "Not found"
 
     consultation = models.ForeignKey(Consultation, on_delete=models.CASCADE,
                                      related_name="claims")
@@ -125,6 +145,9 @@ class Claim(models.Model):
     citations = models.JSONField(default=list, blank=True)
     support_score = models.FloatField(null=True, blank=True)
     supported = models.BooleanField(null=True)
+    verdict = models.CharField(max_length=12, choices=Verdict.choices, blank=True)
+    # The cited passage that supports or contradicts it (for not found, the closest one).
+    passage = models.PositiveSmallIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["consultation", "position"]

@@ -17,10 +17,34 @@
     return node;
   }
 
+  // The display status (clinic/status.py) is the one truth: badge, detail, evidence note.
+  const LIVE_STATES = { retrieving: ["Searching the literature", "running"], writing: ["Writing", "running"],
+    checking: ["Writing", "running"], generating: ["Writing", "running"],
+    verifying: ["Checking the citations", "running"] };
+
+  function setLiveBadge(stage) {
+    const state = LIVE_STATES[stage];
+    if (!state) return;
+    $("status-badge").textContent = state[0];
+    $("status-badge").className = "badge " + state[1];
+    const empty = $("evidence-empty");
+    if (empty && stage !== "retrieving") empty.textContent = "No passages were found.";
+  }
+
   function setStatus(snapshot) {
     const badge = $("status-badge");
-    badge.textContent = snapshot.status_label;
-    badge.className = "badge " + snapshot.status;
+    const display = snapshot.display || { label: snapshot.status_label, badge: snapshot.status, detail: "", state: snapshot.status };
+    badge.textContent = display.label;
+    badge.className = "badge " + display.badge;
+    badge.dataset.state = display.state;
+    const empty = $("evidence-empty");
+    if (empty) {
+      empty.textContent = display.state === "retrieving" ? "Searching the literature…"
+        : display.state === "waiting" ? "The literature search has not started yet."
+        : display.state === "failed" || display.state === "cancelled" ? "No passages were found before it stopped."
+        : display.state === "generating" || display.state === "verifying" ? "No passages were found."
+        : "No passages were used.";
+    }
     const error = $("error");
     error.textContent = snapshot.error_message || "";
     error.hidden = !snapshot.error_message;
@@ -30,9 +54,11 @@
     if (cancel) cancel.hidden = snapshot.finished;
     const feedback = $("feedback-card");
     if (feedback) feedback.hidden = snapshot.status !== "complete";
-    if (snapshot.finished) $("stage").textContent = "";
+    // Running: what is under way (or the queue); finished: why an answer stopped early.
+    if (!snapshot.finished) $("stage").textContent = display.detail || "";
+    else $("stage").textContent = display.stopped_by ? display.detail : "";
     const suggest = $("suggest-deep");
-    if (suggest) suggest.hidden = !(snapshot.routing && snapshot.routing.suggested_deep);
+    if (suggest) suggest.hidden = !((snapshot.routing && snapshot.routing.suggested_deep) || snapshot.withheld);
     if (snapshot.time_to_first_token_ms) {
       $("ttft").textContent = "first token after " + snapshot.time_to_first_token_ms + " ms";
     }
@@ -62,7 +88,15 @@
       const show = el("button", { type: "button", class: "link show-passage small" }, "show passage");
       show.addEventListener("click", () => showPassage(p.number));
       li.append(" ", show);
-      if (p.retracted) li.append(el("div", { class: "retracted" }, "⚠ Retracted publication: do not rely on it."));
+      if (p.retracted) {
+        const note = el("div", { class: "retracted" }, "Retracted");
+        if (p.retraction_notice_pmid) {
+          note.append(" · retraction notice ", el("a", { href: p.retraction_notice_url, target: "_blank",
+            rel: "noopener noreferrer" }, "PMID " + p.retraction_notice_pmid));
+        }
+        note.append(el("span", { class: "muted small" }, " · not evidence: never counted as support"));
+        li.append(note);
+      }
       const found = Object.entries(p.stages || {}).map(([stage, rank]) => stage + " #" + rank).join(", ");
       if (found) li.append(el("div", { class: "muted small" }, "found by " + found));
       ol.append(li);
@@ -70,22 +104,40 @@
     $("evidence-empty").hidden = list.length > 0;
   }
 
+  const FLAGS = {
+    contradicted: (claim) => " contradicted by passage [" + claim.passage + "]",
+    not_found: (claim) => claim.citations.length ? " not found in the cited passage" : " no citation",
+  };
+
+  // A withheld answer comes without its draft: only why, and what to do.
+  function renderWithheld(snapshot) {
+    const box = $("withheld");
+    box.hidden = !snapshot.withheld;
+    if (!snapshot.withheld) return false;
+    $("withheld-message").textContent = snapshot.withheld.message;
+    answer.replaceChildren();
+    (snapshot.withheld.contradicting_passages || []).forEach((n) => {
+      const li = $("passage-" + n);
+      if (li) {
+        li.classList.add("contradicts");
+        li.append(el("div", { class: "verdict contradicted" }, "Contradicts the withheld draft"));
+      }
+    });
+    return true;
+  }
+
   function renderClaims(snapshot) {
-    if (snapshot.abstained) {
-      $("abstained").hidden = false;
-    }
+    if (renderWithheld(snapshot)) return;
     if (!snapshot.claims || snapshot.claims.length === 0) {
-      answer.textContent = snapshot.abstained ? "" : snapshot.answer_text;
+      answer.textContent = snapshot.answer_text;
       return;
     }
-    if (snapshot.abstained) {
-      answer.replaceChildren(el("p", { class: "muted small" }, "The model's draft, withheld from use:"));
-    } else {
-      answer.replaceChildren();
-    }
-    const container = el("div", { class: snapshot.abstained ? "draft" : "" });
+    answer.replaceChildren();
+    const container = el("div", {});
     snapshot.claims.forEach((claim) => {
-      const span = el("span", { class: "claim" + (claim.supported === false ? " unsupported" : "") });
+      const verdict = claim.verdict || (claim.supported ? "supported" : "not_found");
+      const span = el("span", { class: "claim " + verdict + (verdict === "supported" ? "" : " unsupported"),
+        "data-verdict": verdict });
       span.append(document.createTextNode(claim.text.replace(/\s*\[\d+(?:\s*,\s*\d+)*\]/g, "") + " "));
       (claim.citations || []).forEach((n) => {
         const button = el("button", { type: "button", class: "cite", "data-number": String(n),
@@ -93,8 +145,9 @@
         button.addEventListener("click", () => showPassage(n));
         span.append(button);
       });
-      if (claim.supported === false) {
-        span.append(el("span", { class: "flag" }, claim.citations.length ? " not supported by the cited passage" : " no citation"));
+      if (FLAGS[verdict]) span.append(el("span", { class: "flag" }, FLAGS[verdict](claim)));
+      if ((claim.retracted_citations || []).length) {
+        span.append(el("span", { class: "flag" }, " cites a retracted article (not counted)"));
       }
       span.append(" ");
       container.append(span);
@@ -109,21 +162,41 @@
     $("answer-meta").textContent = meta.join(" · ");
   }
 
+  // "writing… · 3 sentences checked, 2 shown, 1 held back for the end"
+  function stageText(data) {
+    const label = { retrieving: "searching the literature", writing: "writing", checking: "checking",
+      verifying: "checking the whole answer" }[data.stage] || data.stage;
+    if (data.written === undefined) return label + "…";
+    const parts = [data.checked + " of " + data.written + " sentence(s) checked", data.released + " shown"];
+    if (data.held) parts.push(data.held + " held back until the end");
+    if (data.withholding) parts.push("the answer will be withheld");
+    return label + "… · " + parts.join(", ");
+  }
+
   function renderSteps(snapshot) {
     const ol = $("steps");
     if (!ol) return;
     ol.replaceChildren();
-    let done = 0;
     (snapshot.steps || []).forEach((step) => {
-      if (step.status === "done" || step.status === "skipped") done += 1;
-      const li = el("li", { class: "step " + step.status });
-      li.append(el("span", { class: "badge " + step.status }, step.status), " ", el("span", {}, step.title));
+      const output = step.output || {};
+      // A step skipped because the consult stopped first was never reached: not progress.
+      const label = output.cancelled ? "cancelled" : output.not_reached ? "not reached"
+        : output.retrying ? "will retry" : step.status;
+      const li = el("li", { class: "step " + step.status, "data-kind": step.kind, "data-status": label });
+      li.append(el("span", { class: "badge " + step.status }, label), " ", el("span", {}, step.title));
+      if (step.status === "running" && output.tokens_so_far) {
+        li.append(el("span", { class: "muted small" }, " · " + output.tokens_so_far + " tokens written"));
+      }
       if (step.elapsed_s !== null) li.append(el("span", { class: "muted small" }, " " + step.elapsed_s + " s"));
+      if (step.status === "skipped" && output.reason) li.append(el("div", { class: "muted small" }, output.reason));
       ol.append(li);
     });
+    // Counts only the steps that ran, of those that will run: never full unless it finished.
+    const display = snapshot.display || {};
     const progress = $("progress");
-    progress.max = Math.max(6, (snapshot.steps || []).length);
-    progress.value = snapshot.finished ? progress.max : done;
+    progress.max = display.steps_total || 6;
+    progress.value = display.steps_done || 0;
+    progress.title = progress.value + " of " + progress.max + " steps done";
   }
 
   function render(snapshot) {
@@ -142,9 +215,14 @@
     source = new EventSource(root.dataset.eventsUrl);
     source.addEventListener("snapshot", (e) => render(JSON.parse(e.data)));
     source.addEventListener("passages", (e) => renderPassages(JSON.parse(e.data).passages || []));
-    source.addEventListener("stage", (e) => { $("stage").textContent = JSON.parse(e.data).stage + "…"; });
+    source.addEventListener("stage", (e) => {
+      const data = JSON.parse(e.data);
+      setLiveBadge(data.stage);
+      $("stage").textContent = stageText(data);
+    });
     source.addEventListener("first_token", (e) => { $("ttft").textContent = "first token after " + JSON.parse(e.data).ms + " ms"; });
-    source.addEventListener("token", (e) => {
+    // Only sentences checked against their passages and found supported are ever sent.
+    source.addEventListener("sentence", (e) => {
       streamedText += JSON.parse(e.data).text;
       answer.textContent = streamedText;
       answer.classList.add("streaming");

@@ -28,7 +28,9 @@ from django.utils import timezone
 
 from clinic import deep
 from clinic.models import Consultation, DeepConsultStep
-from clinic.services import consultation_cancel, consultation_create
+from clinic.selectors import consultation_snapshot
+from clinic.services import consultation_cancel, consultation_create, consultation_retry
+from clinic.status import consultation_display_status
 from clinic.tasks import run_deep_consult
 from launcher.processes import free_port, stop_process
 from modelsvc.models import ModelCall
@@ -267,14 +269,17 @@ def test_a_cancel_stops_the_job_before_the_next_step(
 
     monkeypatch.setattr(deep, "parse_sub_questions", cancel_then_parse)
 
-    run_deep_consult.apply(args=[consultation.pk])
+    outcome = run_deep_consult.apply(args=[consultation.pk]).get()
 
+    # Cancelled at once by the service; the job finds its claim gone and writes nothing more.
+    assert outcome == "dropped: claim lost"
     consultation.refresh_from_db()
     assert consultation.status == "cancelled"
     assert consultation.completed_at and consultation.claimed_by == ""
     steps = _steps(consultation)
-    assert steps["plan"].status == "done"
-    assert {steps[k].status for k in STEP_KINDS[1:]} == {"skipped"}
+    assert steps["plan"].status == "skipped" and steps["plan"].output["cancelled"]
+    assert all(steps[k].status == "skipped" and steps[k].output["not_reached"]
+               for k in STEP_KINDS[1:])
     assert not consultation.passages.exists() and not consultation.claims.exists()
     assert _calls(consultation, "deep_plan") == 1 and _calls(consultation, "deep_draft") == 0
 
@@ -520,3 +525,176 @@ def test_a_worker_killed_mid_job_loses_nothing_and_another_finishes_it_once(
     assert _calls(consultation, "deep_plan") == 1
     assert ModelCall.objects.filter(consultation_id=consultation.pk, purpose="deep_draft",
                                     succeeded=True).count() == 1
+
+
+# --- retry and cancel that always work --------------------------------------------------------
+
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Retry's enqueue, captured: the test runs the job in-process instead of through Redis."""
+    from clinic import services
+
+    ids: list[int] = []
+    monkeypatch.setattr(services, "deep_consult_enqueue",
+                        lambda consultation: ids.append(consultation.pk))
+    return ids
+
+
+@committing_db
+@pytest.mark.model_server
+def test_a_retried_failed_consult_resumes_from_its_first_unfinished_step_and_completes(
+        clinician: User, model_server: dict[str, str], tiny_index: Path,
+        queued: list[int]) -> None:
+    consultation = _deep_consultation(clinician, token_budget=400)  # fails at the draft
+    run_deep_consult.apply(args=[consultation.pk])
+    consultation.refresh_from_db()
+    assert consultation.status == "failed"
+    before = _steps(consultation)
+
+    Consultation.objects.filter(pk=consultation.pk).update(token_budget=6000)
+    consultation_retry(consultation=consultation)
+
+    assert queued == [consultation.pk]
+    consultation.refresh_from_db()
+    assert consultation.status == "pending" and consultation.completed_at is None
+    waiting = _steps(consultation)
+    assert waiting["plan"].status == waiting["retrieve"].status == "done"
+    assert {waiting[k].status for k in ("draft", "verify", "revise", "final")} == {"pending"}
+    assert consultation_display_status(consultation, list(consultation.steps.all())) \
+        .steps_done == 2
+
+    assert run_deep_consult.apply(args=[consultation.pk]).get() == "complete"
+
+    consultation.refresh_from_db()
+    assert consultation.status == "complete", consultation.error_message
+    after = _steps(consultation)
+    for kind in ("plan", "retrieve"):
+        assert after[kind].started_at == before[kind].started_at, kind
+    assert after["draft"].status == after["verify"].status == after["final"].status == "done"
+    assert not any(step.output.get("not_reached") for step in after.values())
+    assert _calls(consultation, "deep_plan") == 1 and _calls(consultation, "deep_draft") == 1
+    display = consultation_display_status(consultation, list(consultation.steps.all()))
+    assert display.state in {"answered", "abstained"}
+    assert display.steps_done == display.steps_total
+
+
+@committing_db
+@pytest.mark.model_server
+def test_a_cancelled_consult_can_be_retried_to_completion(
+        clinician: User, model_server: dict[str, str], tiny_index: Path, queued: list[int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    consultation = _deep_consultation(clinician)
+    parse = deep.parse_sub_questions
+    cancelled: list[bool] = []
+
+    def cancel_once_then_parse(text: str) -> list[str]:
+        if not cancelled:
+            cancelled.append(True)
+            consultation_cancel(consultation=Consultation.objects.get(pk=consultation.pk))
+        return parse(text)
+
+    monkeypatch.setattr(deep, "parse_sub_questions", cancel_once_then_parse)
+    run_deep_consult.apply(args=[consultation.pk])
+    consultation.refresh_from_db()
+    assert consultation.status == "cancelled"
+    display = consultation_display_status(consultation, list(consultation.steps.all()))
+    assert display.state == "cancelled" and display.steps_done == 0
+    assert "Retry" in display.detail
+
+    consultation_retry(consultation=consultation)
+    assert run_deep_consult.apply(args=[consultation.pk]).get() == "complete"
+
+    consultation.refresh_from_db()
+    assert consultation.status == "complete" and not consultation.cancel_requested
+    assert {s.status for s in _steps(consultation).values()} <= {"done", "skipped"}
+    assert _calls(consultation, "deep_plan") == 2  # the cancelled plan ran again
+
+
+@committing_db
+def test_cancelling_a_consult_whose_worker_died_ends_it_at_once(clinician: User) -> None:
+    consultation = _deep_consultation(clinician, status="running", attempts=1,
+                                      claimed_by="dead-job w1@host:1",
+                                      claimed_at=timezone.now())
+    DeepConsultStep.objects.create(consultation=consultation, position=0, kind="plan",
+                                   title="Plan sub-questions", status="running",
+                                   started_at=timezone.now())
+
+    consultation_cancel(consultation=consultation)
+
+    consultation.refresh_from_db()
+    assert consultation.status == "cancelled" and consultation.claimed_by == ""
+    assert consultation.steps.get().status == "skipped"
+    # A late redelivery of the dead worker's message finds nothing to do.
+    assert run_deep_consult.apply(args=[consultation.pk]).get() == "dropped: already cancelled"
+
+
+class _SlowDraftServer:
+    """A model server double: the plan at once, then a draft that trickles for a minute."""
+
+    def __enter__(self) -> Any:
+        from tests.modelsvc.doubles import ModelServerDouble, Reply
+
+        plan = Reply(stream=['["Does aspirin prevent recurrent stroke?"]'])
+        draft = Reply(stream=[f"Aspirin helps{i} [1]. " for i in range(300)], chunk_delay=0.2)
+        self.double = ModelServerDouble([plan, draft])
+        return self.double.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.double.__exit__(*exc)
+
+
+@committing_db
+def test_a_cancel_during_a_streamed_step_stops_the_job_and_the_model_within_seconds(
+        clinician: User, tiny_index: Path, settings: Any) -> None:
+    with _SlowDraftServer() as double:
+        settings.MODEL_BASE_URL = double.base_url
+        consultation = _deep_consultation(clinician)
+        outcome: list[str] = []
+        job = threading.Thread(target=lambda: outcome.append(
+            run_deep_consult.apply(args=[consultation.pk]).get()))
+        job.start()
+
+        def drafting_with_progress() -> bool:
+            draft = _steps(consultation).get("draft")
+            return draft is not None and draft.output.get("tokens_so_far", 0) > 0
+
+        _wait_for(drafting_with_progress, 120, "the draft to stream")
+        running = consultation_display_status(
+            Consultation.objects.get(pk=consultation.pk), list(consultation.steps.all()))
+        assert running.state == "generating" and "tokens written" in running.detail
+        cancelled_at = time.monotonic()
+        consultation_cancel(consultation=Consultation.objects.get(pk=consultation.pk))
+        job.join(10)
+
+        assert not job.is_alive() and time.monotonic() - cancelled_at < 5
+        assert double.client_hung_up.wait(5)  # the model server stopped generating
+    assert outcome == ["dropped: claim lost"]
+    consultation.refresh_from_db()
+    assert consultation.status == "cancelled"
+    steps = _steps(consultation)
+    assert steps["draft"].status == "skipped" and steps["draft"].output["cancelled"]
+    display = consultation_display_status(consultation, list(consultation.steps.all()))
+    assert display.steps_done == 2 and display.steps_total == 6 and display.finished
+
+
+@committing_db
+def test_a_draft_that_repeats_itself_is_stopped_and_the_consult_says_so(
+        clinician: User, tiny_index: Path, settings: Any) -> None:
+    from tests.modelsvc.doubles import ModelServerDouble, Reply
+
+    loop = [f"{n}. {n}. " for n in range(1, 200)]
+    with ModelServerDouble([Reply(stream=['["Does aspirin prevent recurrent stroke?"]']),
+                            Reply(stream=loop, usage=None)]) as double:
+        settings.MODEL_BASE_URL = double.base_url
+        consultation = _deep_consultation(clinician)
+        run_deep_consult.apply(args=[consultation.pk])
+
+    consultation.refresh_from_db()
+    assert consultation.status == "complete" and consultation.abstained
+    assert _steps(consultation)["draft"].output["finish_reason"] == "repetition"
+    draft_call = ModelCall.objects.get(consultation_id=consultation.pk, purpose="deep_draft")
+    assert draft_call.finish_reason == "repetition" and draft_call.prompt_tokens > 0
+    snapshot = consultation_snapshot(consultation.pk)
+    assert snapshot["display"]["state"] == "abstained"
+    assert snapshot["display"]["stopped_by"] == "repetition"
+    assert "repeating itself" in snapshot["display"]["detail"]

@@ -152,7 +152,7 @@ def test_a_stream_is_retried_only_before_it_opens() -> None:
 
 def test_a_slow_chunk_times_out_with_our_error_not_httpx() -> None:
     with ModelServerDouble([Reply(stream=["a", "b", "c"], chunk_delay=3.0)]) as double:
-        client = fast_client(double.base_url, read_timeout=0.3)
+        client = fast_client(double.base_url, token_gap_timeout=0.3)
         received: list[str] = []
         started = time.monotonic()
         with pytest.raises(ModelTimeoutError) as caught:
@@ -164,6 +164,90 @@ def test_a_slow_chunk_times_out_with_our_error_not_httpx() -> None:
     assert time.monotonic() - started < 2.5
     assert len(double.requests) == 1  # a timeout is not retried
     assert not caught.value.permanent
+    assert "MODEL_TOKEN_GAP_TIMEOUT" in caught.value.message
+
+
+def test_a_reply_with_no_first_text_in_time_says_so() -> None:
+    # Headers and an empty first chunk at once, as real servers send them; the text is late.
+    with ModelServerDouble([Reply(stream=["", "a"], chunk_delay=3.0)]) as double:
+        client = fast_client(double.base_url, first_token_timeout=0.4, token_gap_timeout=10)
+        started = time.monotonic()
+        with pytest.raises(ModelTimeoutError) as caught:
+            list(client.stream_chat(HELLO, model="m", max_tokens=3))
+
+    assert time.monotonic() - started < 2.5
+    assert "MODEL_FIRST_TOKEN_TIMEOUT" in caught.value.message
+
+
+def test_the_timeouts_are_per_token_so_a_long_steady_reply_is_never_cut_off() -> None:
+    texts = [f"word{i} " for i in range(12)]
+    with ModelServerDouble([Reply(stream=texts, first_delay=0.6, chunk_delay=0.15)]) as double:
+        # The whole reply takes about 2.4 s: longer than either timeout, shorter than neither
+        # of the gaps it has.
+        client = fast_client(double.base_url, read_timeout=0.5, first_token_timeout=1.5,
+                             token_gap_timeout=0.5)
+        events = list(client.stream_chat(HELLO, model="m", max_tokens=20))
+
+    result = events[-1].result  # type: ignore[union-attr]
+    assert result.text == "".join(texts) and result.finish_reason == "stop"
+    assert result.total_ms > 1500
+
+
+def test_the_async_stream_keeps_the_same_per_token_clocks() -> None:
+    with ModelServerDouble([Reply(stream=["a", "b", "c"], chunk_delay=3.0)]) as double:
+        client = fast_client(double.base_url, token_gap_timeout=0.3)
+
+        async def collect() -> list[Any]:
+            return [event async for event in client.astream_chat(HELLO, model="m",
+                                                                 max_tokens=3)]
+
+        started = time.monotonic()
+        with pytest.raises(ModelTimeoutError) as caught:
+            asyncio.run(collect())
+
+    assert time.monotonic() - started < 2.5
+    assert "MODEL_TOKEN_GAP_TIMEOUT" in caught.value.message
+
+
+# --- guards --------------------------------------------------------------------------------
+
+def test_a_reply_that_repeats_itself_is_stopped_and_says_why() -> None:
+    numbering = [f"{n}. {n}. " for n in range(1, 400)]
+    with ModelServerDouble([Reply(stream=["Aspirin lowers the risk of stroke [1]. ",
+                                          *numbering], chunk_delay=0.02)]) as double:
+        events = list(fast_client(double.base_url, repetition_window=300).stream_chat(
+            HELLO, model="m", max_tokens=1000))
+
+        assert double.client_hung_up.wait(5)
+    result = events[-1].result  # type: ignore[union-attr]
+    assert result.finish_reason == "repetition"
+    assert result.text.startswith("Aspirin lowers the risk of stroke [1]. 1. 1. 2. 2.")
+    assert double.chunks_sent < 200
+
+
+def test_ordinary_prose_is_not_taken_for_repetition() -> None:
+    prose = ("Low-dose aspirin reduces the risk of recurrent ischaemic stroke by about a fifth "
+             "in patients with a previous non-cardioembolic stroke or TIA [1]. The benefit is "
+             "largest in the first weeks after the event [2]. Major bleeding increases "
+             "modestly, with an excess of one to two extracranial bleeds per 1000 "
+             "patient-years [3].")
+    with ModelServerDouble([Reply(stream=prose.split(" "))]) as double:
+        events = list(fast_client(double.base_url, repetition_window=300).stream_chat(
+            HELLO, model="m", max_tokens=1000))
+
+    assert events[-1].result.finish_reason == "stop"  # type: ignore[union-attr]
+
+
+def test_a_server_that_ignores_max_tokens_is_stopped_at_the_length_guard() -> None:
+    with ModelServerDouble([Reply(stream=[f"w{i} " for i in range(300)],
+                                  chunk_delay=0.005)]) as double:
+        events = list(fast_client(double.base_url).stream_chat(HELLO, model="m",
+                                                               max_tokens=10))
+
+        assert double.client_hung_up.wait(5)
+    result = events[-1].result  # type: ignore[union-attr]
+    assert result.finish_reason == "length"
+    assert 10 <= result.completion_tokens <= 20
 
 
 def test_an_unreachable_server_is_a_temporary_error_after_retries() -> None:

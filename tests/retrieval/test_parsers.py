@@ -21,6 +21,7 @@ from tests.retrieval.pubmed_xml import (
     NO_ABSTRACT,
     SEPSIS_RETRACTED,
     STROKE,
+    article_xml,
     delete_xml,
     document,
     write,
@@ -52,6 +53,25 @@ def test_it_keeps_labelled_sections_and_metadata(tmp_path: Path) -> None:
 def test_it_marks_retracted_publications(tmp_path: Path) -> None:
     [article], _ = read_all(write(tmp_path / "r.xml", document(SEPSIS_RETRACTED)))
     assert isinstance(article, ParsedArticle) and article.retracted
+
+
+def test_it_keeps_the_pmid_of_the_retraction_notice(tmp_path: Path) -> None:
+    notice = ('<CommentsCorrectionsList><CommentsCorrections RefType="CommentIn">'
+              '<RefSource>Comment</RefSource><PMID Version="1">555</PMID></CommentsCorrections>'
+              '<CommentsCorrections RefType="RetractionIn"><RefSource>Retraction notice'
+              '</RefSource><PMID Version="1">31234567</PMID></CommentsCorrections>'
+              "</CommentsCorrectionsList>")
+    # Listed as a journal article only: the link to the notice is what says it was retracted.
+    record = article_xml("1010", "Withdrawn trial", [("", "Results were fabricated.")]
+                         ).replace("</MedlineCitation>", notice + "</MedlineCitation>")
+    [article], _ = read_all(write(tmp_path / "n.xml", document(record)))
+    assert isinstance(article, ParsedArticle)
+    assert article.retracted and article.retraction_notice_pmid == "31234567"
+    [plain], _ = read_all(write(tmp_path / "p.xml", document(SEPSIS_RETRACTED)))
+    assert isinstance(plain, ParsedArticle) and plain.retraction_notice_pmid == ""
+    # The notice is part of what is stored, so learning of one re-ingests the article.
+    assert article.content_hash("v") != ParsedArticle(**{
+        **article.__dict__, "retraction_notice_pmid": ""}).content_hash("v")
 
 
 def test_it_yields_delete_citations(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from config.celery import app
+from retrieval import services
 from retrieval.models import Article, IngestFile, IngestRun
 from retrieval.search import search
 from retrieval.services import ingest_paths
@@ -31,10 +32,8 @@ def test_each_file_is_a_task_and_the_index_is_built_once_after_the_last(
         django_capture_on_commit_callbacks: Callable[..., Any],
         monkeypatch: pytest.MonkeyPatch) -> None:
     builds: list[int] = []
-    from retrieval import index_build
-
-    real_build = index_build.build_index
-    monkeypatch.setattr(index_build, "build_index",
+    real_build = services.build_index
+    monkeypatch.setattr(services, "build_index",
                         lambda **kw: builds.append(1) or real_build(**kw))
     first = write(tmp_path / "a.xml", document(ASTHMA))
     second = write(tmp_path / "b.xml.gz", document(STROKE, DIABETES_OLD))

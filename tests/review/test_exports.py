@@ -231,3 +231,31 @@ def test_only_admins_clear_holds_and_a_release_cannot_empty_a_text(
     assert not PhiClearance.objects.exists()
     held.refresh_from_db()
     assert held.phi_status == ReviewItem.PhiStatus.HELD
+
+
+def test_a_withheld_draft_is_never_a_training_target_and_withheld_items_are_marked(
+        answered, reviewer, tmp_path):
+    def withheld(question, kind):
+        consultation = answered(question, supported=(False,), abstained=True)
+        item = enqueue_for_review(consultation_id=consultation.pk)
+        review_item_claim(item_id=item.pk, reviewer=reviewer)
+        review_item_decide(item_id=item.pk, reviewer=reviewer, kind=kind,
+                           claims=[ClaimEdit("Aspirin lowers recurrent stroke by 22%.", [1])]
+                           if kind == "correct" else None)
+        return item
+
+    withheld("Does aspirin prevent a second stroke?", "approve")
+    corrected = withheld("Is metformin safe in stage 3 kidney disease?", "correct")
+
+    sft = build_export(fmt="sft", out_dir=tmp_path / "sft")
+    [record] = read_jsonl(sft.path)
+    assert record["messages"][-1]["content"] == corrected.__class__.objects.get(
+        pk=corrected.pk).final_answer_text
+    assert "Aspirin lowers recurrent stroke [1]. Metformin" not in sft.path.read_text()
+    assert sft.counts["withheld_draft"] == 1
+    assert [line["withheld"] for line in sft.manifest["lines"]] == [True]
+
+    dpo = build_export(fmt="dpo", out_dir=tmp_path / "dpo")
+    [pair] = read_jsonl(dpo.path)
+    assert pair["rejected"][0]["content"].startswith("Aspirin lowers recurrent stroke [1].")
+    assert dpo.manifest["lines"][0]["withheld"] is True

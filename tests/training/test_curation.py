@@ -1,0 +1,139 @@
+"""Curated training sets: a verified export's train split, the literature set, the filters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from retrieval.models import Article
+from training.curation import TrainingDataError, curate
+from training.literature import decide_label, sources_from_index, split_conclusion
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.django_db]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def article(pmid, title, conclusion, *, label="CONCLUSIONS"):
+    return Article.objects.create(
+        pmid=pmid, title=title, content_hash=pmid,
+        abstract_sections=[["BACKGROUND", f"Background of {title}"],
+                           ["RESULTS", "Outcomes were measured in 120 adults over a year."],
+                           [label, conclusion]])
+
+
+def test_sft_and_dpo_come_from_the_export_and_an_approved_abstention_is_never_a_target(
+        reviewed, exported, tmp_path):
+    reviewed("Does aspirin prevent a second stroke?", "correct")
+    reviewed("Is metformin safe in stage 3 kidney disease?")
+    reviewed("Do statins cause most muscle pain reported on them?", abstained=True)
+    curated = curate(out_dir=tmp_path / "set", name="s1", export_dir=exported())
+
+    sft = read_jsonl(tmp_path / "set" / "sft.jsonl")
+    dpo = read_jsonl(tmp_path / "set" / "dpo.jsonl")
+    assert curated.sft_records == len(sft) == 2
+    assert curated.dpo_records == len(dpo) == 1
+    targets = [record["messages"][-1]["content"] for record in sft]
+    assert "Aspirin lowers recurrent stroke by 22% in pooled trials [1]." in targets
+    assert dpo[0]["chosen"][0]["content"].startswith("Aspirin lowers recurrent stroke by 22%")
+    assert dpo[0]["rejected"][0]["content"].startswith("Aspirin lowers recurrent stroke [1].")
+    card = json.loads((tmp_path / "set" / "card.json").read_text())
+    # The export leaves an approved withheld draft out (counted there); curation would drop it
+    # too from an older export that still carried it.
+    withheld = (card["filtered"].get("review: withheld or abstained draft as the target (sft)", 0)
+                + card["sources"]["export"]["files"]["sft"]["counts"].get("withheld_draft", 0))
+    assert withheld == 1
+    assert card["counts"]["sft"]["by_source"] == {"review_approve": 1, "review_correct": 1}
+    assert card["files"]["sft"]["records"] == 2
+    assert card["sources"]["export"]["files"]["sft"]["split"]["part"] == "train"
+
+
+def test_the_same_inputs_give_the_same_card_hash(reviewed, exported, tmp_path):
+    reviewed("Does aspirin prevent a second stroke?", "correct")
+    export = exported()
+    first = curate(out_dir=tmp_path / "a", name="same", export_dir=export)
+    second = curate(out_dir=tmp_path / "b", name="same", export_dir=export)
+    assert first.card_sha256 == second.card_sha256
+    assert (tmp_path / "a" / "sft.jsonl").read_bytes() == \
+        (tmp_path / "b" / "sft.jsonl").read_bytes()
+
+
+def test_an_edited_export_is_refused_before_anything_is_read(reviewed, exported, tmp_path):
+    reviewed("Does aspirin prevent a second stroke?", "correct")
+    export = exported("sft")
+    path = export / "sft.jsonl"
+    path.write_text(path.read_text().replace("22%", "92%"))
+    with pytest.raises(TrainingDataError, match="fails verification.*line 1"):
+        curate(out_dir=tmp_path / "set", name="edited", export_dir=export)
+    assert not (tmp_path / "set").exists()
+
+
+def test_the_eval_split_never_trains(reviewed, exported, tmp_path):
+    reviewed("Does aspirin prevent a second stroke?", "correct")
+    export = exported("sft", "eval")
+    with pytest.raises(TrainingDataError, match="eval split"):
+        curate(out_dir=tmp_path / "set", name="eval", export_dir=export)
+
+
+def test_nothing_left_after_the_filters_is_a_clear_error(reviewed, exported, tmp_path):
+    reviewed("Do statins cause most muscle pain reported on them?", abstained=True)
+    with pytest.raises(TrainingDataError, match="No training example is left"):
+        curate(out_dir=tmp_path / "set", name="empty", export_dir=exported("sft"))
+
+
+def test_literature_examples_are_built_the_pubmedqa_way_and_decontaminated(tmp_path):
+    article("91000001", "Does early mobilisation shorten hospital stay after hip surgery?",
+            "Early mobilisation shortened stay and improved function at 30 days.")
+    article("91000002", "Is vitamin D alone protective against fractures in older adults?",
+            "Vitamin D alone did not reduce fractures in community-dwelling older adults.")
+    article("91000003", "Are night shifts a risk factor for migraine in nurses?",
+            "Whether night shifts trigger migraine remains unclear.", label="CONCLUSION")
+    article("91000004", "What determines adherence to inhaled steroids?",
+            "Cost and beliefs determined adherence.")
+    # A PubMedQA article (its PMID) and a PubMedQA question under another PMID: never trained on.
+    article("10808977", "Can tailored interventions increase mammography use among HMO women?",
+            "Tailored interventions increased mammography use.")
+    article("91000005", "Can tailored interventions increase mammography use among HMO women?",
+            "Tailored interventions increased mammography use.")
+    Article.objects.create(pmid="91000006", title="Aspirin after stroke?", content_hash="x",
+                           abstract_sections=[["", "An unstructured abstract."]])
+
+    curated = curate(out_dir=tmp_path / "lit", name="lit", literature=sources_from_index(),
+                     literature_origin="index")
+    records = read_jsonl(tmp_path / "lit" / "sft.jsonl")
+    assert curated.literature_examples == 4
+    by_question = {r["messages"][1]["content"].split("<question>\n")[1].split("\n")[0]: r
+                   for r in records}
+    hip = by_question["Does early mobilisation shorten hospital stay after hip surgery?"]
+    user, target = hip["messages"][1]["content"], hip["messages"][2]["content"]
+    gold = user.split('pmid="91000001"')[0].rsplit('<passage number="', 1)[1].split('"')[0]
+    assert target == (f"Early mobilisation shortened stay and improved function at 30 days "
+                      f"[{gold}].\nAnswer: yes")
+    assert "Answer: yes', 'Answer: no' or 'Answer: maybe'" in user
+    assert "Early mobilisation shortened stay" not in user  # the conclusion is the answer
+    assert by_question["Is vitamin D alone protective against fractures in older adults?"][
+        "messages"][2]["content"].endswith("Answer: no")
+    assert by_question["Are night shifts a risk factor for migraine in nurses?"][
+        "messages"][2]["content"].endswith("Answer: maybe")
+    unlabelled = by_question["What determines adherence to inhaled steroids?"]
+    assert "Answer:" not in unlabelled["messages"][2]["content"]
+    card = json.loads((tmp_path / "lit" / "card.json").read_text())
+    assert card["filtered"] == {
+        "literature: decontamination: PubMedQA or MIRAGE question": 1,
+        "literature: decontamination: a PubMedQA article in its passages": 1}
+    assert card["sources"]["literature"]["articles_skipped"] == {"no conclusion section": 1}
+    assert card["counts"]["sft"]["by_label"] == {"maybe": 1, "no": 1, "unlabelled": 1, "yes": 1}
+
+
+def test_labels_only_where_the_conclusion_decides():
+    assert decide_label("Is X safe?", "X was safe and effective.") == "yes"
+    assert decide_label("Is X safe?", "X did not reduce mortality.") == "no"
+    assert decide_label("Is X safe?", "There was no significant difference in mortality.") == "no"
+    assert decide_label("Is X safe?", "The benefit of X remains unclear.") == "maybe"
+    assert decide_label("Is X safe?", "It is unclear; X did not reduce mortality.") is None
+    assert decide_label("How safe is X?", "X was safe.") is None
+    assert split_conclusion([("", "Only one unlabelled section.")]) is None
+

@@ -1,0 +1,30 @@
+"""Celery task: a thin interface over the training service; it takes the run id, never data.
+
+On its own queue (`training`), so hours of training never hold up a clinician's deep consult or
+an export: start a worker with `celery -A config worker -Q training` (./run's worker listens to
+both queues).
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import shared_task
+
+from training import services
+
+TRAINING_QUEUE = "training"
+
+
+@shared_task(
+    bind=True,
+    name="training.tasks.run_training",
+    queue=TRAINING_QUEUE,
+    # Redelivered if its worker dies; the run goes on from its latest checkpoint.
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def run_training(self, run_id: int) -> None:  # type: ignore[no-untyped-def]
+    worker = f"{self.request.hostname or 'worker'}:{os.getpid()}"
+    services.execute_training_run(run_id, worker=worker)
