@@ -1,12 +1,13 @@
 from django.urls import path
 
-from clinic import views
+from clinic import literature, views
 
 app_name = "clinic"
 
 urlpatterns = [
     path("", views.ask, name="ask"),
     path("history/", views.history, name="history"),
+    path("literature/", literature.literature, name="literature"),
     path("consultations/<int:consultation_id>/", views.consultation_detail, name="consultation"),
     path("consultations/<int:consultation_id>/snapshot", views.consultation_snapshot_json,
          name="snapshot"),

@@ -288,9 +288,16 @@ INDEX_DIR = Path(env_str("INDEX_DIR", str(VAR_DIR / "index"),
                          help="Where versioned FAISS/BM25 indexes are built and swapped."))
 LITERATURE_DATA_DIR = Path(env_str("LITERATURE_DATA_DIR", str(BASE_DIR.parent / "shared" / "data"),
                                    help="Folder with pubmed/, pubmedqa/ and exam/ reference data."))
-DEMO_CORPUS = env_list("DEMO_CORPUS", ["pubmedqa/pqal_dev.json"],
-                       help="Files under LITERATURE_DATA_DIR indexed first on ./run "
-                       "(`none` to skip).")
+DEMO_CORPUS = env_list(
+    "DEMO_CORPUS",
+    ["pubmedqa/pqal_dev.json", "pubmed/pubmed21n1298.xml.gz?topics=demo&limit=240"],
+    help="Files under LITERATURE_DATA_DIR indexed first on ./run (`none` to skip); "
+    "`FILE?topics=demo&limit=N` takes a slice of titled articles on common clinical topics "
+    "(the whole file is still indexed when it is in BACKGROUND_CORPUS).")
+TRAIN_ON_FIRST_RUN = env_bool(
+    "TRAIN_ON_FIRST_RUN", True,
+    help="./run trains the question router when none is active (about 30 s) and the claim "
+    "verifier in the background when none exists (about 16 min on 2 cores).")
 BACKGROUND_CORPUS = env_list(
     "BACKGROUND_CORPUS",
     ["pubmed/pubmed21n1298.xml.gz", "pubmed/pubmed20n0014.xml.gz"],

@@ -2,8 +2,11 @@
 
 Start order: database migrations and demo accounts, the bundled Redis (when REDIS_URL is
 unset), the local model server (when MODEL_BASE_URL is unset), one Celery worker, the demo
-corpus, then the web server; it waits for /readyz before printing the URL. A second run
-reuses the virtualenv, the converted model, the accounts and the indexed articles.
+corpus, the question router (trained on first start, about 30 s), then the web server; it
+waits for /readyz before printing the URL. On first start it also trains the claim verifier in
+a background process (about 16 min on 2 cores, low CPU priority) that never blocks a request;
+answers use it once it is written. A second run reuses the virtualenv, the converted model,
+the accounts, the indexed articles, the router and the verifier.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
+from urllib.parse import parse_qs
 
 from launcher.processes import (
     ProcessStartError,
@@ -32,6 +36,7 @@ from modelsvc.local_models import LocalModelError, ensure_smollm2, ensure_tiny_l
 # before main() has configured settings and called django.setup().
 
 STATUS_WIDTH = 12
+BACKGROUND_NICENESS = 10
 
 
 def say(label: str, message: str) -> None:
@@ -46,6 +51,8 @@ def fail(message: str) -> None:
 class Stack:
     log_dir: Path
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    # Jobs that end on their own (verifier training): their exit is reported, never fatal.
+    background: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     logs: list[IO[bytes]] = field(default_factory=list)
 
     def log_file(self, name: str) -> IO[bytes]:
@@ -62,12 +69,29 @@ class Stack:
         self.add(name, process)
         return process
 
+    def spawn_background(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, stdout=self.log_file(name), stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        # Low CPU priority, so the clinician's requests and the worker come first (set from
+        # here: a preexec_fn is unsafe in a process that already runs torch's threads).
+        os.setpriority(os.PRIO_PROCESS, process.pid, BACKGROUND_NICENESS)
+        self.background.append((name, process))
+        return process
+
     def dead(self) -> list[tuple[str, int]]:
         return [(name, process.returncode) for name, process in self.processes
                 if process.poll() is not None]
 
+    def finished_background(self) -> list[tuple[str, int]]:
+        """Background jobs that ended since the last call (each reported once)."""
+        finished = [(name, process.returncode) for name, process in self.background
+                    if process.poll() is not None]
+        self.background = [(name, process) for name, process in self.background
+                           if process.poll() is None]
+        return finished
+
     def stop(self) -> None:
-        for name, process in reversed(self.processes):
+        for name, process in [*self.background, *reversed(self.processes)]:
             if process.poll() is None:
                 say("stop", name)
                 stop_process(process)
@@ -172,6 +196,8 @@ def _start(stack: Stack, settings: object) -> int:
                                "--hostname", f"worker-{os.getpid()}@%h"])
 
         _load_demo_corpus(s)
+        _ensure_router(s)
+        _queue_verifier_training(stack, s)
 
         say("web", f"starting uvicorn on http://{s.WEB_HOST}:{s.WEB_PORT}/")
         call_command("collectstatic", interactive=False, verbosity=0)
@@ -194,6 +220,13 @@ def _start(stack: Stack, settings: object) -> int:
             f"in {stack.log_dir}. Ctrl-C stops everything.")
     while True:
         time.sleep(1)
+        for name, code in stack.finished_background():
+            if code == 0:
+                say("verifier", "the claim verifier is trained; new answers are checked with it")
+            else:
+                say("verifier", f"{name} failed (exit code {code}); see {stack.log_dir}/"
+                    f"{name}.log. Answers keep the lexical check; retry with `python "
+                    "manage.py train_verifier`.")
         dead = stack.dead()
         if dead:
             name, code = dead[0]
@@ -202,45 +235,125 @@ def _start(stack: Stack, settings: object) -> int:
             return 1
 
 
+def _corpus_entry(entry: str) -> tuple[str, str | None, int | None]:
+    """`pubmed/file.xml.gz?topics=demo&limit=200` -> (path, topics, limit)."""
+    name, _, query = entry.partition("?")
+    options = parse_qs(query)
+    unknown = set(options) - {"topics", "limit"}
+    if unknown:
+        raise ValueError(f"DEMO_CORPUS entry {entry!r}: unknown option(s) {sorted(unknown)}; "
+                         "use topics= and limit=.")
+    topics = options.get("topics", [None])[0]
+    raw_limit = options.get("limit", [None])[0]
+    try:
+        limit = int(raw_limit) if raw_limit is not None else None
+    except ValueError:
+        raise ValueError(f"DEMO_CORPUS entry {entry!r}: limit must be a whole number.") from None
+    return name, topics, limit
+
+
 def _load_demo_corpus(s: object) -> None:
     from django.conf import settings
 
+    from retrieval.services import IngestError, Selection, ingest_paths
+
     data_dir = Path(settings.LITERATURE_DATA_DIR)
-    demo = [data_dir / name for name in settings.DEMO_CORPUS]
+    demo: list[tuple[Path, Selection | None]] = []
+    for entry in settings.DEMO_CORPUS:
+        try:
+            name, topics, limit = _corpus_entry(entry)
+            demo.append((data_dir / name, Selection.parse(topics, limit)))
+        except (ValueError, IngestError) as error:
+            say("literature", f"skipping a demo corpus entry: {error}")
     background = [data_dir / name for name in settings.BACKGROUND_CORPUS]
-    missing = [str(path) for path in demo + background if not path.exists()]
+    missing = [str(path) for path in [p for p, _ in demo] + background if not path.exists()]
     if missing:
         say("literature", "not found: " + ", ".join(missing) + ". Set LITERATURE_DATA_DIR to "
             "your PubMed/PubMedQA files, or run `python manage.py ingest PATH`.")
-    demo = [path for path in demo if path.exists() and not _already_ingested(path)]
+    demo = [(path, selection) for path, selection in demo if path.exists()
+            and not _already_ingested(path, partial_counts=selection is not None)]
     background = [path for path in background if path.exists() and not _already_ingested(path)]
     if not demo and not background:
         say("literature", "the corpus files are already indexed; nothing to ingest")
         return
-    from retrieval.services import ingest_paths
-
     if demo:
-        say("literature", f"indexing the demo corpus ({', '.join(p.name for p in demo)}); "
-            "already indexed articles are skipped")
-        run = ingest_paths(demo, use_celery=False)
-        say("literature", f"demo corpus ready: {run}")
+        names = ", ".join(path.name + (" (a slice on common clinical topics)" if selection
+                                       else "") for path, selection in demo)
+        say("literature", f"indexing the demo corpus ({names}); already indexed articles are "
+            "skipped")
+        whole = [path for path, selection in demo if selection is None]
+        if whole:
+            say("literature", f"demo corpus: {ingest_paths(whole, use_celery=False)}")
+        for path, selection in demo:
+            if selection is not None:
+                run = ingest_paths([path], use_celery=False, selection=selection)
+                say("literature", f"demo corpus: {run}")
     if background:
         ingest_paths(background, use_celery=True)
         say("literature", f"{len(background)} more file(s) are being indexed in the background "
-            "by the worker (progress in the admin, Ingest runs)")
+            "by the worker (progress on the Literature page)")
 
 
-def _already_ingested(path: Path) -> bool:
-    """A file ingested completely, unchanged since, is not read again on the next run."""
+def _already_ingested(path: Path, *, partial_counts: bool = False) -> bool:
+    """A file ingested completely, unchanged since, is not read again on the next run; a slice
+    of it (a demo selection) counts only when `partial_counts`."""
     from datetime import UTC, datetime
 
     from retrieval.models import IngestFile
+    from retrieval.services import PARTIAL_INGEST
 
     stat = path.stat()
     modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
-    return IngestFile.objects.filter(
+    done = IngestFile.objects.filter(
         path=str(path.resolve()), status=IngestFile.Status.DONE, bytes_total=stat.st_size,
-        finished_at__gt=modified).exists()
+        finished_at__gt=modified)
+    if not partial_counts:
+        done = done.exclude(issues__has_key=PARTIAL_INGEST)
+    return done.exists()
+
+
+def _ensure_router(s: object) -> None:
+    """Train the question router when none is active, so routing has real confidence."""
+    from django.conf import settings
+
+    from modelsvc.models import RouterVersion
+    from modelsvc.router_training import RouterTrainingError, train_router
+
+    if not settings.TRAIN_ON_FIRST_RUN or RouterVersion.objects.filter(active=True).exists():
+        return
+    say("router", "training the question router (first start, about 30 s)")
+    started = time.monotonic()
+    try:
+        row = train_router(data_dir=Path(settings.LITERATURE_DATA_DIR))
+    except RouterTrainingError as error:
+        say("router", f"not trained: {error} Questions take the literature path until you run "
+            "`python manage.py train_router`.")
+        return
+    say("router", f"router {row.version} active: held-out accuracy {row.accuracy:.3f} "
+        f"({time.monotonic() - started:.0f} s)")
+
+
+def _queue_verifier_training(stack: Stack, s: object) -> None:
+    """Train the claim verifier in the background when none exists and none is configured."""
+    from django.conf import settings
+
+    from modelsvc.verifier import latest_trained_verifier
+    from modelsvc.verifier_training import MEDLINE_FILES
+
+    if not settings.TRAIN_ON_FIRST_RUN or settings.VERIFIER_MODEL \
+            or settings.VERIFIER_ENGINE != "auto" or latest_trained_verifier() is not None:
+        return
+    data_dir = Path(settings.LITERATURE_DATA_DIR)
+    missing = [name for name in MEDLINE_FILES if not (data_dir / name).exists()]
+    if missing:
+        say("verifier", f"not training the claim verifier: {', '.join(missing)} not found "
+            "under LITERATURE_DATA_DIR; answers are checked lexically.")
+        return
+    stack.spawn_background("verifier-training", [
+        sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "train_verifier"])
+    say("verifier", "training the claim verifier in the background (about 16 min on 2 cores, "
+        "low priority; log in " + str(stack.log_dir / "verifier-training.log") + "). Until it "
+        "finishes answers are checked lexically; then the trained verifier is the default.")
 
 
 def _wait_ready(base: str, timeout: float) -> bool:

@@ -10,6 +10,7 @@ and an index whose inputs are unchanged is not rebuilt.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,21 +45,121 @@ class IngestError(Exception):
     """Ingestion cannot start (bad path or format); the message says what to do."""
 
 
+# --- selection (a first slice of a file) ------------------------------------------------
+
+# The issue key a partial ingest leaves on its IngestFile: the file is not fully read yet, so
+# the launcher still queues the whole file for the background.
+PARTIAL_INGEST = "outside the selection (partial ingest)"
+
+# Topics a clinician asks about most, as terms matched in the title or MeSH headings
+# (lower case, substring). The demo corpus takes a few articles of each.
+DEMO_TOPICS: dict[str, tuple[str, ...]] = {
+    "diabetes": ("diabetes", "metformin", "insulin", "glycemic", "hba1c", "sglt2", "glp-1"),
+    "hypertension": ("hypertension", "blood pressure", "antihypertensive"),
+    "asthma and COPD": ("asthma", "pulmonary disease, chronic obstructive", "copd"),
+    "heart failure": ("heart failure",),
+    "coronary disease and atrial fibrillation": (
+        "myocardial infarction", "coronary", "atrial fibrillation", "statin", "anticoagula"),
+    "stroke": ("stroke",),
+    "depression and anxiety": ("depress", "anxiety", "antidepress"),
+    "infections and antibiotics": ("antibiotic", "anti-bacterial", "sepsis", "pneumonia",
+                                   "urinary tract infection"),
+    "COVID-19": ("covid", "sars-cov-2"),
+    "cancer screening": ("cancer screening", "mammograph", "colonoscop",
+                         "early detection of cancer", "mass screening"),
+    "common cancers": ("breast neoplasms", "lung neoplasms", "colorectal neoplasms",
+                       "prostatic neoplasms", "breast cancer", "lung cancer", "colorectal cancer",
+                       "prostate cancer"),
+    "pregnancy": ("pregnan", "preeclampsia", "pre-eclampsia", "gestational", "postpartum"),
+    "obesity": ("obesity", "weight loss", "bariatric"),
+    "kidney disease": ("chronic kidney", "renal insufficiency", "dialysis"),
+    "pain and opioids": ("opioid", "analgesi", "low back pain", "chronic pain"),
+    "dementia": ("dementia", "alzheimer"),
+    "vaccination": ("vaccin",),
+}
+
+
+# A topic article is taken when it is about people: MeSH "Humans", or a clinical study type
+# (records still in process carry no MeSH yet).
+CLINICAL_PUBLICATION_TYPES = frozenset({
+    "Randomized Controlled Trial", "Clinical Trial", "Meta-Analysis", "Systematic Review",
+    "Observational Study", "Practice Guideline", "Guideline", "Comparative Study",
+    "Multicenter Study", "Review", "Controlled Clinical Trial", "Clinical Trial, Phase III",
+})
+
+
+@dataclass
+class Selection:
+    """Which records of a file to ingest: those whose title or MeSH headings name one of the
+    topics, about people, not retracted, English when the record says; at most `limit` in all
+    (spread over the topics)."""
+
+    topics: dict[str, tuple[str, ...]]
+    limit: int | None = None
+    taken: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, topics: str | None, limit: int | None) -> Selection | None:
+        """`demo` (the DEMO_TOPICS) or comma-separated terms, each its own topic."""
+        if limit is not None and limit < 1:
+            raise IngestError(f"The selection limit must be at least 1; got {limit}.")
+        if not topics:
+            return cls({}, limit) if limit else None
+        if topics.strip().lower() == "demo":
+            return cls(dict(DEMO_TOPICS), limit)
+        terms = [term.strip().lower() for term in topics.split(",") if term.strip()]
+        if not terms:
+            raise IngestError("No topics given; pass `demo` or comma-separated terms.")
+        return cls({term: (term,) for term in terms}, limit)
+
+    @property
+    def full(self) -> bool:
+        return self.limit is not None and sum(self.taken.values()) >= self.limit
+
+    def take(self, article: ParsedArticle) -> bool:
+        """Whether to ingest this record; counts it against its topic when taken."""
+        if self.full:
+            return False
+        if not self.topics:
+            self.taken[""] = self.taken.get("", 0) + 1
+            return True
+        if article.language and article.language != "eng" or article.retracted:
+            return False
+        if "Humans" not in article.mesh_terms and \
+                not CLINICAL_PUBLICATION_TYPES.intersection(article.publication_types):
+            return False
+        haystack = " ".join([article.title, *article.mesh_terms]).lower()
+        per_topic = (math.ceil(self.limit / len(self.topics)) if self.limit is not None
+                     else None)
+        for topic, terms in self.topics.items():
+            if per_topic is not None and self.taken.get(topic, 0) >= per_topic:
+                continue
+            if any(term in haystack for term in terms):
+                self.taken[topic] = self.taken.get(topic, 0) + 1
+                return True
+        return False
+
+
 # --- entry point --------------------------------------------------------------------------
 
 
 def ingest_paths(paths: Iterable[Path | str], *, fmt: str | None = None,
                  collection: str = "pubmed", use_celery: bool = False,
-                 progress: ProgressCallback | None = None) -> IngestRun:
+                 progress: ProgressCallback | None = None,
+                 selection: Selection | None = None) -> IngestRun:
     """Ingest files and rebuild the index once.
 
     In-process (default): returns the finished run. With `use_celery`: returns at once, the
-    run's status moves on as the worker's tasks finish (one task per file).
+    run's status moves on as the worker's tasks finish (one task per file). A `selection`
+    (in-process only) ingests a slice of each file; the file stays due for a full ingest.
     """
     resolved = [Path(path).expanduser() for path in paths]
     if not resolved:
         raise IngestError("No input files given; pass one or more PubMed XML, JSONL or "
                           "PubMedQA files.")
+    if selection is not None and use_celery:
+        raise IngestError("A topic selection or limit is applied in-process only; drop "
+                          "--celery, or ingest whole files with the workers.")
     formats: list[str] = []
     for path in resolved:
         if not path.is_file():
@@ -82,7 +183,9 @@ def ingest_paths(paths: Iterable[Path | str], *, fmt: str | None = None,
     if use_celery:
         return run
     for ingest_file in files:
-        ingest_file_by_id(ingest_file.pk, progress=progress)
+        ingest_file_by_id(ingest_file.pk, progress=progress,
+                          selection=Selection(selection.topics, selection.limit)
+                          if selection is not None else None)
     finish_run(run.pk)
     run.refresh_from_db()
     return run
@@ -127,8 +230,12 @@ class _FileState:
     progress: ProgressCallback | None = None
 
 
-def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None) -> IngestFile | None:
-    """Ingest one IngestFile row; a rerun (redelivered task) redoes only what is missing."""
+def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None,
+                      selection: Selection | None = None) -> IngestFile | None:
+    """Ingest one IngestFile row; a rerun (redelivered task) redoes only what is missing.
+
+    With a `selection`, records outside it are skipped and reading stops at its limit; the
+    row then carries the PARTIAL_INGEST issue, so the whole file is still due later."""
     claimed = IngestFile.objects.filter(pk=file_id).exclude(
         status=IngestFile.Status.DONE).update(status=IngestFile.Status.RUNNING,
                                               started_at=timezone.now())
@@ -160,10 +267,18 @@ def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None) ->
                 # An update without an abstract replaces a version we could cite: drop it.
                 _delete_articles(state, [record.pmid], note_missing=False)
                 continue
+            if selection is not None and not selection.take(record):
+                _skip(state, PARTIAL_INGEST)
+                if selection.full:
+                    break
+                continue
             state.pending.append(record)
             if len(state.pending) >= ARTICLE_BATCH:
                 _flush(state)
         _flush(state)
+        if selection is not None:
+            # Even a slice that skipped nothing stopped early or filtered: mark it partial.
+            state.report.issues.setdefault(PARTIAL_INGEST, 0)
         ingest_file.status = IngestFile.Status.DONE
         if not state.records_seen and not state.report.skipped and not ingest_file.deleted \
                 and state.report.issues:

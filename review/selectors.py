@@ -56,9 +56,11 @@ def review_queue(*, reviewer: User, reason: str = "", model: str = "", specialty
 def review_filter_choices() -> dict[str, list[str]]:
     open_items = ReviewItem.objects.filter(status__in=OPEN_STATUSES)
     return {
-        "models": sorted(m for m in open_items.values_list("model_name", flat=True).distinct()
-                         if m),
-        "specialties": sorted(s for s in open_items.values_list("specialty", flat=True)
+        # order_by() first: the model's default ordering would otherwise join the DISTINCT
+        # and list one name once per item.
+        "models": sorted(m for m in open_items.order_by().values_list("model_name", flat=True)
+                         .distinct() if m),
+        "specialties": sorted(s for s in open_items.order_by().values_list("specialty", flat=True)
                               .distinct() if s),
     }
 

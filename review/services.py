@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -146,6 +147,9 @@ def enqueue_for_review(*, consultation_id: int) -> ReviewItem | None:
         if item is None:
             model_name = (consultation.routed_model.name if consultation.routed_model
                           else consultation.routed_model_name)
+            if os.path.isabs(model_name):
+                # The bundled server is addressed by its folder; reviewers need the model's name.
+                model_name = os.path.basename(model_name.rstrip("/"))
             item = ReviewItem.objects.create(
                 consultation=consultation, reason_codes="|" + "|".join(reasons) + "|",
                 priority=min(REASON_PRIORITY[ReviewReason(r)] for r in reasons),

@@ -1,5 +1,7 @@
 # Sourced by ./run and ./test: make .venv and install the pinned requirements once.
-# Usage: bootstrap_venv requirements.txt [more requirement files]
+# Usage: bootstrap_venv [more requirement files]
+# ./run and ./test share one install: both get the runtime and the dev requirements under one
+# stamp, so neither reinstalls after the other; extra files (requirements-gpu.txt) join them.
 set -euo pipefail
 
 find_python() {
@@ -15,7 +17,10 @@ find_python() {
 }
 
 bootstrap_venv() {
-  local python stamp wanted
+  local python stamp wanted requirements
+  local -a files
+  # One sorted, de-duplicated list whichever command asked, so the stamp is the same.
+  mapfile -t files < <(printf '%s\n' requirements.txt requirements-dev.txt "$@" | sort -u)
   if [ ! -x .venv/bin/python ]; then
     python=$(find_python)
     echo "[setup       ] creating .venv with $python"
@@ -26,7 +31,7 @@ bootstrap_venv() {
     .venv/bin/python -m pip install --quiet --upgrade pip
   fi
   stamp=.venv/.requirements-stamp
-  wanted=$(cat "$@" requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
+  wanted=$(cat "${files[@]}" requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
     return 0
   fi
@@ -39,9 +44,11 @@ bootstrap_venv() {
   else
     .venv/bin/python -m pip install --quiet "$torch_pin"
   fi
-  for requirements in "$@"; do
-    .venv/bin/python -m pip install --quiet -r "$requirements"
+  local -a requirement_args=()
+  for requirements in "${files[@]}"; do
+    requirement_args+=(-r "$requirements")
   done
+  .venv/bin/python -m pip install --quiet "${requirement_args[@]}"
   .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
   echo "$wanted" > "$stamp"
 }

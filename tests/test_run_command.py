@@ -17,6 +17,17 @@ from django.conf import settings
 
 from config.env import READ_FROM_ENV
 from launcher.processes import free_port
+from launcher.run import (
+    Stack,
+    _already_ingested,
+    _corpus_entry,
+    _ensure_router,
+    _queue_verifier_training,
+)
+from modelsvc.models import RouterVersion
+from modelsvc.verifier import DATA_CARD, MODEL_FOLDER
+from retrieval.models import IngestFile
+from retrieval.services import Selection, ingest_paths
 from tests.conftest import SYNTHETIC_ARTICLES
 
 pytestmark = [pytest.mark.model_server, pytest.mark.redis]
@@ -53,6 +64,7 @@ def test_run_starts_everything_then_ctrl_c_stops_it_and_a_second_run_reuses_it(
     data = tmp_path / "data"
     data.mkdir()
     (data / "demo.jsonl").write_text("\n".join(json.dumps(a) for a in SYNTHETIC_ARTICLES))
+    _router_questions(data)
     web_port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in READ_FROM_ENV}
     env.update(VAR_DIR=str(tmp_path / "var"), MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
@@ -70,6 +82,9 @@ def test_run_starts_everything_then_ctrl_c_stops_it_and_a_second_run_reuses_it(
     passwords = dict(re.findall(r"username: (\w+)\s+password: (\S+)", text))
     assert set(passwords) == {"clinician", "reviewer", "admin"}
     assert len(children) >= 4  # redis, model server, worker, web
+    assert re.search(r"\[router\s*\] router \S+ active: held-out accuracy", text)
+    # No MEDLINE files here, so the verifier is not trained, and the run says why.
+    assert "not training the claim verifier" in text
     time.sleep(1)
     assert not [child for child in children if child.is_running()
                 and child.status() != psutil.STATUS_ZOMBIE]
@@ -95,3 +110,92 @@ def test_run_starts_everything_then_ctrl_c_stops_it_and_a_second_run_reuses_it(
     assert "Demo accounts already exist" in text2
     assert "password:" not in text2
     assert "already indexed; nothing to ingest" in text2
+    assert "[router" not in text2  # the router trained on the first start is reused
+
+
+def _router_questions(data: Path, count: int = 12) -> None:
+    """A few PubMedQA-style and exam questions: enough for the launcher to train a router."""
+    import json
+
+    (data / "pubmedqa").mkdir()
+    (data / "exam").mkdir()
+    topics = ["aspirin", "metformin", "statins", "vitamin D", "asthma", "sepsis", "stroke",
+              "insulin", "warfarin", "smoking", "obesity", "pregnancy", "dialysis", "opioids"]
+    (data / "pubmedqa" / "pqal_dev.json").write_text(json.dumps({
+        str(1000 + n): {"QUESTION": f"Does {topic} therapy reduce mortality in a cohort study?"}
+        for n, topic in enumerate(topics[:count])}))
+    (data / "exam" / "mirage_medmcqa_mmlu.json").write_text(json.dumps({"medmcqa": {
+        str(n): {"question": f"Which enzyme is the drug target of {topic} in textbook "
+                             "pharmacology?", "options": {}, "answer": "A"}
+        for n, topic in enumerate(topics[:count])}}))
+
+
+def test_a_demo_corpus_entry_names_a_file_and_its_slice() -> None:
+    assert _corpus_entry("pubmedqa/pqal_dev.json") == ("pubmedqa/pqal_dev.json", None, None)
+    assert _corpus_entry("pubmed/a.xml.gz?topics=demo&limit=240") == (
+        "pubmed/a.xml.gz", "demo", 240)
+    with pytest.raises(ValueError, match="unknown option"):
+        _corpus_entry("pubmed/a.xml.gz?topic=demo")
+    with pytest.raises(ValueError, match="whole number"):
+        _corpus_entry("pubmed/a.xml.gz?limit=many")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_demo_slice_counts_as_indexed_for_the_demo_but_not_the_background(
+        tmp_path: Path, synthetic_corpus: Path, settings: object) -> None:
+    settings.INDEX_DIR = tmp_path / "index"  # type: ignore[attr-defined]
+    ingest_paths([synthetic_corpus], fmt="jsonl", selection=Selection.parse(None, 2))
+    assert _already_ingested(synthetic_corpus, partial_counts=True)
+    assert not _already_ingested(synthetic_corpus)
+    ingest_paths([synthetic_corpus], fmt="jsonl")
+    assert _already_ingested(synthetic_corpus)
+    assert IngestFile.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_first_start_trains_a_router_and_a_later_one_keeps_it(
+        tmp_path: Path, settings: object, capsys: pytest.CaptureFixture[str]) -> None:
+    settings.LITERATURE_DATA_DIR = tmp_path  # type: ignore[attr-defined]
+    settings.VAR_DIR = tmp_path / "var"  # type: ignore[attr-defined]
+    _router_questions(tmp_path)
+    _ensure_router(settings)
+    router = RouterVersion.objects.get(active=True)
+    assert Path(router.path).is_file()
+    assert "active: held-out accuracy" in capsys.readouterr().out
+    _ensure_router(settings)
+    assert RouterVersion.objects.count() == 1
+    assert capsys.readouterr().out == ""
+
+
+def test_the_first_start_trains_the_verifier_in_a_low_priority_background_process(
+        tmp_path: Path, settings: object, shared_data_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    settings.LITERATURE_DATA_DIR = shared_data_dir  # type: ignore[attr-defined]
+    settings.VAR_DIR = tmp_path / "var"  # type: ignore[attr-defined]
+    settings.VERIFIER_MODEL, settings.VERIFIER_ENGINE = "", "auto"  # type: ignore[attr-defined]
+    (tmp_path / "logs").mkdir()
+    stack = Stack(tmp_path / "logs")
+    try:
+        _queue_verifier_training(stack, settings)
+        assert [name for name, _ in stack.background] == ["verifier-training"]
+        process = psutil.Process(stack.background[0][1].pid)
+        assert process.nice() >= 10
+        assert "train_verifier" in " ".join(process.cmdline())
+        assert "training the claim verifier in the background" in capsys.readouterr().out
+        assert stack.dead() == []  # its end is never taken for a crash of the stack
+    finally:
+        stack.stop()
+    assert stack.finished_background()  # stopped with the rest
+
+
+def test_no_verifier_training_starts_when_one_is_trained(tmp_path: Path, settings: object,
+                                                         shared_data_dir: Path) -> None:
+    settings.LITERATURE_DATA_DIR = shared_data_dir  # type: ignore[attr-defined]
+    settings.VAR_DIR = tmp_path / "var"  # type: ignore[attr-defined]
+    settings.VERIFIER_MODEL, settings.VERIFIER_ENGINE = "", "auto"  # type: ignore[attr-defined]
+    trained = tmp_path / "var" / "verifiers" / "20261201-000000"
+    (trained / MODEL_FOLDER).mkdir(parents=True)
+    (trained / DATA_CARD).write_text("{}")
+    stack = Stack(tmp_path)
+    _queue_verifier_training(stack, settings)
+    assert stack.background == []

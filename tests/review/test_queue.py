@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.utils import timezone
 
 from review.models import ReviewItem
-from review.selectors import review_queue
+from review.selectors import review_filter_choices, review_queue
 from review.services import enqueue_for_review, in_quality_sample
 
 
@@ -119,3 +119,19 @@ def test_an_unsafe_flag_after_approval_reopens_the_item(answered, feedback_on, r
     item = enqueue_for_review(consultation_id=consultation.pk)
     assert (item.status, item.round, item.priority, item.required_reviews) == (
         "pending", 2, 0, 2)
+
+
+def test_the_bundled_model_is_named_not_shown_as_its_folder(answered):
+    consultation = answered(supported=(False,),
+                            model_name="/home/dr/clinic/var/models/smollm2-135m-instruct")
+    item = enqueue_for_review(consultation_id=consultation.pk)
+    assert item.model_name == "smollm2-135m-instruct"
+
+
+def test_each_model_and_specialty_is_offered_once_as_a_filter(answered):
+    for number in range(3):
+        enqueue_for_review(consultation_id=answered(
+            f"Does aspirin prevent stroke, case {number}?", supported=(False,)).pk)
+    choices = review_filter_choices()
+    assert choices["models"] == ["smollm2-135m"]
+    assert len(choices["specialties"]) == len(set(choices["specialties"])) == 1

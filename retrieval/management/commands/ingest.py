@@ -1,4 +1,5 @@
-"""python manage.py ingest PATH... [--format pubmed-xml|jsonl|pubmedqa] [--collection NAME]"""
+"""python manage.py ingest PATH... [--format pubmed-xml|jsonl|pubmedqa] [--collection NAME]
+[--topics demo|TERMS] [--limit N]"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from tqdm import tqdm
 
 from retrieval.models import IngestFile, IngestRun
 from retrieval.parsers import FORMATS
-from retrieval.services import IngestError, ingest_paths
+from retrieval.services import IngestError, Selection, ingest_paths
 
 
 class Command(BaseCommand):
@@ -29,10 +30,21 @@ class Command(BaseCommand):
         parser.add_argument("--no-wait", action="store_true",
                             help="With Celery: queue the files and return at once.")
         parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--topics", default=None,
+                            help="Ingest only records whose title or MeSH headings name a topic: "
+                            "`demo` (common clinical topics) or comma-separated terms. The file "
+                            "stays due for a full ingest later.")
+        parser.add_argument("--limit", type=int, default=None,
+                            help="At most this many records per file (spread over the topics).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         paths: list[Path] = options["paths"]
-        use_celery = options["celery"] if options["celery"] is not None else len(paths) > 1
+        try:
+            selection = Selection.parse(options["topics"], options["limit"])
+        except IngestError as error:
+            raise CommandError(str(error)) from error
+        use_celery = options["celery"] if options["celery"] is not None else (
+            len(paths) > 1 and selection is None)
         show = not options["no_progress"]
         bar = tqdm(total=sum(p.stat().st_size for p in paths if p.is_file()), unit="B",
                    unit_scale=True, desc="ingest", disable=not show, file=self.stderr._out)
@@ -45,7 +57,7 @@ class Command(BaseCommand):
 
         try:
             run = ingest_paths(paths, fmt=options["fmt"], collection=options["collection"],
-                               use_celery=use_celery, progress=progress)
+                               use_celery=use_celery, progress=progress, selection=selection)
         except IngestError as error:
             raise CommandError(str(error)) from error
         if use_celery and not options["no_wait"]:
