@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
 
 from config.env import (
     env_bool,
@@ -178,6 +179,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": 3,
 }
 CELERY_TASK_ALWAYS_EAGER = False
+# Interactive jobs (deep consults) and bulk jobs (ingest, index builds, exports, evaluation
+# runs; training has a queue of its own) never share a queue, so `./run`'s interactive worker is
+# free for a clinician while MEDLINE indexes. A worker started without -Q consumes all three.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+INTERACTIVE_QUEUE = CELERY_TASK_DEFAULT_QUEUE
+BULK_QUEUE = "bulk"
+CELERY_TASK_QUEUES = [Queue(INTERACTIVE_QUEUE), Queue(BULK_QUEUE), Queue("training")]
+CELERY_TASK_ROUTES = {
+    "retrieval.tasks.*": {"queue": BULK_QUEUE},
+    "review.tasks.*": {"queue": BULK_QUEUE},
+    "evaluation.tasks.*": {"queue": BULK_QUEUE},
+}
 
 CACHES = {
     "default": {

@@ -189,11 +189,17 @@ def _start(stack: Stack, settings: object) -> int:
         else:
             say("model", f"using {s.MODEL_BASE_URL} (model {s.MODEL_NAME})")
 
-        say("worker", "starting one Celery worker (default and training queues)")
+        # Two workers, so a deep consult never waits behind an hour of MEDLINE indexing.
+        say("worker", "starting two Celery workers: deep consults; ingest, exports, "
+            "evaluation and training")
         stack.spawn("worker", [str(bin_dir / "celery"), "-A", "config", "worker",
                                "--concurrency", "1", "--loglevel", "INFO",
-                               "-Q", f"celery,{TRAINING_QUEUE}",
-                               "--hostname", f"worker-{os.getpid()}@%h"])
+                               "-Q", s.INTERACTIVE_QUEUE,
+                               "--hostname", f"interactive-{os.getpid()}@%h"])
+        stack.spawn("bulk-worker", [str(bin_dir / "celery"), "-A", "config", "worker",
+                                    "--concurrency", "1", "--loglevel", "INFO",
+                                    "-Q", f"{s.BULK_QUEUE},{TRAINING_QUEUE}",
+                                    "--hostname", f"bulk-{os.getpid()}@%h"])
 
         _load_demo_corpus(s)
         _ensure_router(s)
