@@ -44,7 +44,7 @@ from evaluation.metrics import Row, run_metrics
 from evaluation.models import EvalResult, EvalRun
 from evaluation.reviewed import score_against_reference
 from evaluation.suites import NO_RETRIEVAL, EvalError, EvalItem, Suite
-from modelsvc.client import get_client
+from modelsvc.accounting import MeteredCall, metered_chat
 from modelsvc.errors import ModelServiceError
 from modelsvc.models import RouterVersion, ServedModel
 from modelsvc.prompts import PROMPT_VERSION
@@ -372,10 +372,11 @@ def probe_structured_output(model_name: str) -> bool:
     """Does the server honour a JSON-schema response_format? vLLM does; `transformers serve`
     rejects the field (HTTP 4xx), and a server that ignores it answers free text."""
     try:
-        result = get_client().chat(
+        result = metered_chat(
             [{"role": "user", "content": "Which letter comes first in the alphabet, A or B? "
                                          "Reply with JSON."}],
-            model=model_name, max_tokens=16, response_format=structured_schema(["A", "B"]))
+            meter=MeteredCall(model_name=model_name, purpose="evaluation-probe"),
+            max_tokens=16, response_format=structured_schema(["A", "B"])).result
     except ModelServiceError as error:
         if error.permanent:
             logger.info("model server rejects response_format (%s); using the text parser",

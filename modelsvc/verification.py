@@ -314,9 +314,10 @@ def judge_claims(claims: Sequence[ParsedClaim], passages: dict[int, str], *,
 
 
 def _record_judge_call(result: Any, error: ModelServiceError | None, model: str) -> None:
-    from modelsvc.accounting import record_call  # deferred: imports the registry's models
+    # Deferred: accounting imports the registry's models, which this module is loaded before.
+    from modelsvc.accounting import MeteredCall
 
-    record_call(result=result, error=error, purpose="claim_judge", model_name=model)
+    MeteredCall(model_name=model, purpose="claim_judge").record(result=result, error=error)
 
 
 def _judge_with_served_model(claims: Sequence[ParsedClaim], passages: dict[int, str], *,
