@@ -232,19 +232,19 @@ def latest_trained_verifier() -> Path | None:
 
 def configured_engine() -> str:
     """lexical, cross-encoder or judge: what VERIFIER_ENGINE and VERIFIER_MODEL select now."""
-    engine = str(getattr(settings, "VERIFIER_ENGINE", "auto") or "auto")
+    engine = str(settings.VERIFIER_ENGINE or "auto")
     if engine not in ENGINES:
         raise VerifierError(f"VERIFIER_ENGINE={engine!r} is not one of {', '.join(ENGINES)}.")
     if engine != "auto":
         return engine
-    if str(getattr(settings, "VERIFIER_MODEL", "") or "").strip() or latest_trained_verifier():
+    if str(settings.VERIFIER_MODEL or "").strip() or latest_trained_verifier():
         return "cross-encoder"
     return "lexical"
 
 
 def verifier_location() -> str:
     """The cross-encoder to load: VERIFIER_MODEL, else the latest trained one."""
-    configured = str(getattr(settings, "VERIFIER_MODEL", "") or "").strip()
+    configured = str(settings.VERIFIER_MODEL or "").strip()
     if configured:
         path = Path(configured).expanduser()
         if path.exists():
