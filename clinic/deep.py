@@ -17,7 +17,6 @@ its claim to another can never store a second result.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -425,10 +424,6 @@ class DeepConsultJob:
                             purpose=purpose, served_model=consultation.routed_model,
                             consultation_id=self.consultation_id)
         result = self._stream(step, messages, meter=meter, max_tokens=max_tokens)
-        if not result.prompt_tokens:
-            # A reply stopped by a guard ends before the server sends its usage.
-            result = dataclasses.replace(result,
-                                         prompt_tokens=count_message_tokens(messages))
         call = meter.record(result=result)
         Consultation.objects.filter(pk=self.consultation_id).update(
             prompt_tokens=F("prompt_tokens") + result.prompt_tokens,
