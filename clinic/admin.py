@@ -38,13 +38,6 @@ class ConsultationAdmin(admin.ModelAdmin):
     inlines = [PassageInline, ClaimInline, StepInline]
 
 
-@admin.register(Feedback)
-class FeedbackAdmin(admin.ModelAdmin):
-    list_display = ["id", "consultation", "user", "helpful", "created_at"]
-    list_filter = ["helpful"]
-    list_select_related = ["user", "consultation"]
-
-
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Records that are written only by their services: visible here, never edited by hand."""
 
@@ -56,3 +49,13 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnlyAdmin):
+    """A clinician's feedback is their record of what they were shown: nobody adds, edits or
+    deletes it by hand, admins included (it feeds the review queue and training exports)."""
+
+    list_display = ["id", "consultation", "user", "helpful", "created_at"]
+    list_filter = ["helpful"]
+    list_select_related = ["user", "consultation"]

@@ -334,22 +334,29 @@ def prepare_answer(question: str, *, patient_note: str = "",
     messages = build_messages(question, fitted.prompted, patient_note=patient_note,
                               instruction=instruction)
     timings = {name: round(ms, 1) for name, ms in timings.items()}
-    if consultation is not None:
-        with transaction.atomic():
-            fields = store_route(consultation, decision) if decision else []
-            if use_retrieval:
-                consultation.index_version = index_version
-                fields.append("index_version")
-            consultation.prompt_version = PROMPT_VERSION
-            consultation.stage_timings = timings
-            consultation.save(update_fields=[*fields, "prompt_version", "stage_timings",
-                                             "updated_at"])
-            store_passages(consultation, fitted.shown, replace=True)
-    return PreparedAnswer(
+    prepared = PreparedAnswer(
         question=question, patient_note=patient_note, model=model, decision=decision,
         use_retrieval=use_retrieval, retrieved=hits, passages=fitted.shown,
         prompted=fitted.prompted, messages=messages, max_tokens=max_tokens,
         response_format=response_format, index_version=index_version, timings=timings)
+    if consultation is not None:
+        store_prepared(consultation, prepared)
+    return prepared
+
+
+def store_prepared(consultation: Consultation, prepared: PreparedAnswer) -> None:
+    """Store the routing decision, versions, timings and the passages shown (replacing an
+    earlier attempt's). A caller that must hold a claim calls it in its own transaction."""
+    with transaction.atomic():
+        fields = store_route(consultation, prepared.decision) if prepared.decision else []
+        if prepared.use_retrieval:
+            consultation.index_version = prepared.index_version
+            fields.append("index_version")
+        consultation.prompt_version = PROMPT_VERSION
+        consultation.stage_timings = prepared.timings
+        consultation.save(update_fields=[*fields, "prompt_version", "stage_timings",
+                                         "updated_at"])
+        store_passages(consultation, prepared.passages, replace=True)
 
 
 def _meter(prepared: PreparedAnswer, purpose: str, consultation_id: int | None) -> MeteredCall:
@@ -465,11 +472,16 @@ def verify_answer(text: str, passages: Sequence[Passage], *, require_citations: 
         withheld_reason=reason)
 
 
-def finalize_answer(consultation: Consultation, text: str,
-                    passages: Sequence[Passage]) -> Consultation:
+def finalize_answer(consultation: Consultation, text: str, passages: Sequence[Passage], *,
+                    verification: Verification | None = None) -> Consultation:
     """Verify the answer against the passages shown and store it with its claims and verdicts;
-    a withheld answer is stored too (reviewers read it), with why it was withheld."""
-    verification = verify_answer(text, passages, require_citations=consultation.use_retrieval)
+    a withheld answer is stored too (reviewers read it), with why it was withheld.
+
+    `verification`: already done by the caller (`verify_answer` of the same text and passages),
+    so that a caller holding a claim keeps its transaction short."""
+    if verification is None:
+        verification = verify_answer(text, passages,
+                                     require_citations=consultation.use_retrieval)
     supports = verification.supports
     with transaction.atomic():
         consultation.claims.all().delete()

@@ -19,7 +19,13 @@ from rest_framework.views import APIView, exception_handler
 from clinic.models import Consultation
 from clinic.quick import consultation_events, sse_frame
 from clinic.selectors import consultation_for_user, consultation_history, consultation_snapshot
-from clinic.services import QuestionRejected, RateLimited, consultation_create
+from clinic.services import (
+    QuestionRejected,
+    RateLimited,
+    consultation_cancel,
+    consultation_create,
+    quick_answer_resume,
+)
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -162,6 +168,20 @@ class ConsultationDetail(APIView):
     def get(self, request: Request, consultation_id: int) -> Response:
         consultation = consultation_for_user(consultation_id=consultation_id,
                                              user=request.user)  # type: ignore[arg-type]
+        quick_answer_resume(consultation=consultation)
+        return Response(_with_links(request, consultation_snapshot(consultation.pk)))
+
+
+class ConsultationCancel(APIView):
+    @extend_schema(request=None, responses={200: SNAPSHOT_SCHEMA, 404: ERROR_SCHEMA})
+    def post(self, request: Request, consultation_id: int) -> Response:
+        """Cancel a consultation still being answered (a finished one is left as it is): it
+        stops within seconds, its partial answer is never shown; the question is kept."""
+        consultation = consultation_for_user(consultation_id=consultation_id,
+                                             user=request.user)  # type: ignore[arg-type]
+        if consultation.user_id != request.user.pk:
+            raise Http404("No such consultation.")
+        consultation = consultation_cancel(consultation=consultation)
         return Response(_with_links(request, consultation_snapshot(consultation.pk)))
 
 
@@ -211,8 +231,9 @@ def add_stream_to_schema(result: dict[str, Any], generator: Any, request: Any,
                            "A sentence is released only after it was checked against the "
                            "passages it cites and found supported; sentences not found in "
                            "their passages come with the final snapshot, and a withheld "
-                           "answer's draft is never sent. Starts generation of a pending quick "
-                           "answer.",
+                           "answer's draft is never sent. A quick answer is generated from the "
+                           "moment it is posted, stream or not: this replays what it has "
+                           "published, then follows it.",
             "parameters": [{"name": "consultation_id", "in": "path", "required": True,
                             "schema": {"type": "integer"}}],
             "security": [{"tokenAuth": []}],

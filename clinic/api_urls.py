@@ -8,4 +8,6 @@ urlpatterns = [
          name="api-consultation"),
     path("consultations/<int:consultation_id>/stream", api.consultation_stream,
          name="api-consultation-stream"),
+    path("consultations/<int:consultation_id>/cancel", api.ConsultationCancel.as_view(),
+         name="api-consultation-cancel"),
 ]

@@ -6,4 +6,5 @@ class ClinicConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from clinic import checks  # noqa: F401  (registers the system checks)
+        # Registers this app's jobs with jobs.reconcile.
+        from clinic import reconcile  # noqa: F401

@@ -9,7 +9,7 @@ from django.db.models import Q, QuerySet
 from django.http import Http404
 
 from clinic.models import Claim, Consultation, DeepConsultStep, RetrievedPassage
-from clinic.roles import is_reviewer
+from clinic.roles import is_admin, is_reviewer
 from clinic.status import DisplayStatus, consultation_display_status
 from modelsvc.models import ModelCall
 
@@ -20,11 +20,21 @@ WHAT_TO_DO = ("Rephrase the question (more specific: the population, the interve
               "Evidence.")
 
 
-def consultation_for_user(*, consultation_id: int, user: User) -> Consultation:
-    """A clinician sees only their own consultations; anyone else's is a 404, never a 403."""
+def visible_consultations(user: User) -> QuerySet[Consultation]:
+    """What one account may open: an admin, every consultation; a reviewer, their own and those
+    in the review queue (a ReviewItem exists, whatever its state); anyone else, their own."""
     queryset = Consultation.objects.all()
-    if not is_reviewer(user):
-        queryset = queryset.filter(user=user)
+    if is_admin(user):
+        return queryset
+    if is_reviewer(user):
+        return queryset.filter(Q(user=user) | Q(review_item__isnull=False))
+    return queryset.filter(user=user)
+
+
+def consultation_for_user(*, consultation_id: int, user: User) -> Consultation:
+    """A consultation the account may open (visible_consultations); any other is a 404, never a
+    403, so its existence is not given away."""
+    queryset = visible_consultations(user)
     try:
         return queryset.get(pk=consultation_id)
     except Consultation.DoesNotExist:

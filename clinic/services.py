@@ -11,7 +11,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from clinic import tasks
+from clinic import quick, tasks
 from clinic.deep import consultation_cancel_now, reset_unfinished_steps
 from clinic.models import Consultation, Feedback
 from clinic.signals import feedback_received
@@ -57,7 +57,10 @@ def clean_question(text: str, *, field: str = "question", required: bool = True)
 
 
 def check_rate_limit(user: User) -> None:
-    """Counted in the database, so the limit holds across web workers and through a Redis outage."""
+    """Counted in the database, so the limit holds across web workers and through a Redis outage.
+
+    Only atomic inside `consultation_create`'s transaction, which first locks the account (see
+    `_lock_account`): two requests never count the same questions."""
     window_start = timezone.now() - timedelta(minutes=1)
     recent = Consultation.objects.filter(user=user, created_at__gte=window_start).count()
     if recent >= settings.RATE_LIMIT_PER_MINUTE:
@@ -74,17 +77,43 @@ def consultation_create(*, user: User, question: str, patient_note: str = "",
     patient_note = clean_question(patient_note, field="patient note", required=False)
     if mode not in Consultation.Mode.values:
         raise QuestionRejected(f"Unknown mode {mode!r}; choose quick or deep.")
-    check_rate_limit(user)
-    consultation = Consultation.objects.create(
-        user=user, question=question, patient_note=patient_note, mode=mode,
-        include_retracted=include_retracted,
-        token_budget=settings.DEEP_CONSULT_TOKEN_BUDGET if mode == Consultation.Mode.DEEP else 0,
-    )
-    logger.info("consultation %s created (mode %s, %d chars)", consultation.pk, mode,
-                len(question))
-    if mode == Consultation.Mode.DEEP:
-        deep_consult_enqueue(consultation)
+    with transaction.atomic():
+        _lock_account(user)
+        check_rate_limit(user)
+        consultation = Consultation.objects.create(
+            user=user, question=question, patient_note=patient_note, mode=mode,
+            include_retracted=include_retracted,
+            token_budget=(settings.DEEP_CONSULT_TOKEN_BUDGET if mode == Consultation.Mode.DEEP
+                          else 0),
+        )
+        logger.info("consultation %s created (mode %s, %d chars)", consultation.pk, mode,
+                    len(question))
+        if mode == Consultation.Mode.DEEP:
+            deep_consult_enqueue(consultation)
+        else:
+            quick_answer_start(consultation)
     return consultation
+
+
+def _lock_account(user: User) -> None:
+    """Serialise one account's questions until the transaction ends, so the rate limit's count
+    and insert are one step: on PostgreSQL a row lock on the user; on SQLite every transaction
+    already holds the database's write lock from its start (transaction_mode IMMEDIATE)."""
+    User.objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+
+
+def quick_answer_start(consultation: Consultation) -> None:
+    """Start generating the answer once the row is committed (the page or API client need not
+    be connected); a generator already at work, here or in another process, is left to it."""
+    consultation_id = consultation.pk
+    transaction.on_commit(lambda: quick.answer_in_background(consultation_id))
+
+
+def quick_answer_resume(*, consultation: Consultation) -> None:
+    """A look at an answer that nobody is generating (its web process died, or it never
+    started) starts it here, so a client that only polls still gets its answer."""
+    if quick.is_orphaned(consultation):
+        quick_answer_start(consultation)
 
 
 def deep_consult_enqueue(consultation: Consultation) -> None:
@@ -112,20 +141,30 @@ def consultation_retry(*, consultation: Consultation) -> Consultation:
         if updated and consultation.mode == Consultation.Mode.DEEP:
             reset_unfinished_steps(consultation.pk)
             deep_consult_enqueue(consultation)
+        elif updated:
+            quick_answer_start(consultation)
     if updated:
         logger.info("consultation %s retried", consultation.pk)
     return consultation
 
 
 def consultation_cancel(*, consultation: Consultation) -> Consultation:
-    """A deep consult ends as cancelled at once (its job stops at its next check, within
-    seconds); a quick answer that has not started is cancelled."""
+    """It ends as cancelled at once. A deep consult's job stops at its next check, within
+    seconds; a quick answer's generator loses its claim, so it stops at once in this process,
+    within a heartbeat in another, and writes nothing more (its partial text is never shown)."""
     if consultation.mode == Consultation.Mode.DEEP:
         consultation_cancel_now(consultation.pk)
     else:
-        Consultation.objects.filter(pk=consultation.pk, status=Consultation.Status.PENDING).update(
-            status=Consultation.Status.CANCELLED, cancel_requested=True,
-            completed_at=timezone.now(), updated_at=timezone.now())
+        now = timezone.now()
+        cancelled = Consultation.objects.filter(
+            pk=consultation.pk, mode=Consultation.Mode.QUICK,
+            status__in=[Consultation.Status.PENDING, Consultation.Status.RUNNING],
+        ).update(status=Consultation.Status.CANCELLED, cancel_requested=True, claimed_by="",
+                 claimed_at=None, error_message="", completed_at=now, updated_at=now)
+        if cancelled:
+            consultation_id = consultation.pk
+            transaction.on_commit(lambda: quick.stop_local(consultation_id))
+            logger.info("quick answer %s cancelled", consultation_id)
     consultation.refresh_from_db()
     return consultation
 

@@ -44,6 +44,9 @@ STOPPED_BECAUSE = {
     STOPPED_AT_LENGTH: "The answer reached the length limit and was cut off there.",
 }
 FAILED_WHAT_TO_DO = "Your question is saved; press Retry, or ask for a quick answer."
+CANCELLED_DEEP = "You cancelled it; press Retry to continue where it stopped."
+CANCELLED_QUICK = ("You cancelled it before the answer was finished, so none of it is shown; "
+                   "your question is kept. Press Retry to ask it again.")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,8 @@ def consultation_display_status(consultation: Consultation,
             message = f"{message} {FAILED_WHAT_TO_DO}"
         return make("failed", message)
     if consultation.status == Status.CANCELLED:
-        return make("cancelled", "You cancelled it; press Retry to continue where it stopped."
-                    if consultation.mode == Consultation.Mode.DEEP else "")
+        return make("cancelled", CANCELLED_DEEP if consultation.mode == Consultation.Mode.DEEP
+                    else CANCELLED_QUICK)
     if consultation.mode == Consultation.Mode.DEEP:
         return _deep_running(consultation, steps, queued_ahead, make)
     return _quick_running(consultation, make)

@@ -30,6 +30,7 @@ from clinic.services import (
     consultation_create,
     consultation_retry,
     feedback_create,
+    quick_answer_resume,
 )
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def consultation_detail(request: HttpRequest, consultation_id: int) -> HttpRespo
 def consultation_snapshot_json(request: HttpRequest, consultation_id: int) -> JsonResponse:
     consultation = consultation_for_user(consultation_id=consultation_id,
                                          user=request.user)  # type: ignore[arg-type]
+    quick_answer_resume(consultation=consultation)
     return JsonResponse(consultation_snapshot(consultation.pk))
 
 

@@ -7,7 +7,9 @@ MODEL_BASE_URL.
 
 from __future__ import annotations
 
+import re
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -67,6 +69,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "jobs",
+    "axes",
     "retrieval",
     "modelsvc",
     "clinic",
@@ -86,6 +90,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "clinic.middleware.ContentSecurityPolicyMiddleware",
     "clinic.middleware.LoginRequiredEverywhereMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -131,6 +137,26 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "clinic:ask"
 LOGOUT_REDIRECT_URL = "login"
+# --- Login throttling (django-axes) ------------------------------------------------------
+# Failed logins are counted per account and address; at the limit that pair is locked out
+# for LOGIN_LOCKOUT_MINUTES (the lockout page says until when, and to ask an admin, who can
+# lift it in the admin's Access attempts or with `manage.py axes_reset_username NAME`).
+# A successful login clears the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1, maximum=100,
+                             help="Failed logins in a row (per account and address) before that "
+                             "account is locked out from that address.")
+AXES_COOLOFF_TIME = timedelta(minutes=env_int(
+    "LOGIN_LOCKOUT_MINUTES", 15, minimum=1,
+    help="Minutes a login lockout lasts (an admin can lift it sooner)."))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# A try during a lockout does not extend it, so the time the lockout page gives holds.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "clinic.lockout.lockout_response"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -149,8 +175,43 @@ WHITENOISE_USE_FINDERS = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False,
-                                 help="Send the session cookie over HTTPS only (set behind TLS).")
+# --- HTTPS ------------------------------------------------------------------------------
+# The embedded set-up answers only on this machine (DJANGO_ALLOWED_HOSTS names loopback
+# addresses alone) over plain http. A site that answers to any other name is a deployment and
+# is served over TLS by default: HTTPS redirect, HSTS and secure cookies (`manage.py check
+# --deploy` is clean). /healthz and /readyz are never redirected, so probes may use http.
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
+BEHIND_TLS = env_bool(
+    "BEHIND_TLS", not DEBUG and not set(ALLOWED_HOSTS) <= _LOOPBACK_HOSTS,
+    help="The site is reached over HTTPS: turns on the HTTPS redirect, HSTS and secure cookies. "
+    "Default: on when DJANGO_ALLOWED_HOSTS names any host but localhost/127.0.0.1/[::1] and "
+    "DJANGO_DEBUG is off; off for the embedded set-up on http://127.0.0.1.")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_TLS,
+                               help="Redirect http requests to https (default: BEHIND_TLS).")
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if BEHIND_TLS else 0, minimum=0,
+                              help="Strict-Transport-Security max-age sent over https (default: "
+                              "one year when BEHIND_TLS, else 0 = none).")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool(
+    "SECURE_HSTS_INCLUDE_SUBDOMAINS", True,
+    help="HSTS covers subdomains too; turn off if a subdomain still serves plain http.")
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True,
+                               help="Mark HSTS as preloadable by browsers.")
+_PROXY_HEADER = env_str(
+    "SECURE_PROXY_SSL_HEADER", "",
+    help="Header a TLS-terminating proxy sets to `https` (e.g. X-Forwarded-Proto) when it does "
+    "not reach the app through uvicorn's trusted proxy headers; set it only if the proxy always "
+    "sets or strips that header. Unset = trust the connection's own scheme.")
+if _PROXY_HEADER and not re.fullmatch(r"[A-Za-z0-9_-]+", _PROXY_HEADER):
+    raise ImproperlyConfigured(
+        f"Setting SECURE_PROXY_SSL_HEADER={_PROXY_HEADER!r} is not valid: expected a header name "
+        "such as X-Forwarded-Proto. Fix it in your environment or .env file (see .env.example).")
+SECURE_PROXY_SSL_HEADER = (
+    "HTTP_" + re.sub(r"^HTTP_", "", _PROXY_HEADER.upper().replace("-", "_")), "https",
+) if _PROXY_HEADER else None
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", BEHIND_TLS,
+                                 help="Send the session and CSRF cookies over HTTPS only "
+                                 "(default: BEHIND_TLS).")
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # --- Redis and Celery -------------------------------------------------------------------
@@ -172,10 +233,15 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # A job whose worker died is redelivered after this many seconds.
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 960, minimum=10,
+    # A job whose worker died is redelivered after this many seconds, even if it still runs,
+    # so it must be above every task's hard time limit (a system check fails start-up
+    # otherwise): the longest, 6 h 5 min (one ingest file, an evaluation or a training run),
+    # plus 15 min. A job whose worker died is picked up sooner by the reconciler.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600 + 300 + 900,
+                                  minimum=10,
                                   help="Seconds before an unacknowledged job is redelivered "
-                                  "to another worker; keep it above DEEP_CONSULT_TIME_LIMIT."),
+                                  "to another worker; must be above every task's hard time "
+                                  "limit (start-up fails otherwise)."),
     "socket_connect_timeout": 3,
 }
 CELERY_TASK_ALWAYS_EAGER = False
@@ -190,6 +256,16 @@ CELERY_TASK_ROUTES = {
     "retrieval.tasks.*": {"queue": BULK_QUEUE},
     "review.tasks.*": {"queue": BULK_QUEUE},
     "evaluation.tasks.*": {"queue": BULK_QUEUE},
+}
+# Jobs whose message was lost (a Redis restart, a flush) are re-queued by the reconciler,
+# at worker start and from Celery beat (`./run` starts it); it runs on the interactive queue.
+RECONCILE_INTERVAL_SECONDS = env_int("RECONCILE_INTERVAL_SECONDS", 180, minimum=10,
+                                     help="Seconds between two reconciler passes, which "
+                                     "re-queue jobs left pending or running with no live owner.")
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-jobs": {"task": "jobs.reconcile", "schedule": RECONCILE_INTERVAL_SECONDS,
+                       # A pass still queued when the next is due is dropped, not piled up.
+                       "options": {"expires": RECONCILE_INTERVAL_SECONDS}},
 }
 
 CACHES = {
@@ -252,8 +328,9 @@ MODEL_REPETITION_WINDOW = env_int(
     "compresses to under 30% stops the reply as repeating itself (0 = no check).")
 MODEL_MAX_RETRIES = env_int("MODEL_MAX_RETRIES", 2, minimum=0, maximum=10,
                             help="Retries on connection errors, 429 and 5xx.")
-MODEL_READY_TIMEOUT = env_float("MODEL_READY_TIMEOUT", 20.0, minimum=0.5,
-                                help="Deadline for the one-token readiness completion.")
+MODEL_READY_TIMEOUT = env_float("MODEL_READY_TIMEOUT", 3.0, minimum=0.5,
+                                help="Seconds /readyz waits for the model server to list its "
+                                "models (GET /v1/models; no completion is run).")
 ANSWER_MAX_TOKENS = env_int("ANSWER_MAX_TOKENS", 384, minimum=16,
                             help="Most tokens generated for one answer.")
 ANSWER_PASSAGES_RETRIEVED = env_int(
@@ -294,6 +371,12 @@ if VERIFIER_MODEL.startswith(("/", ".", "~")) and not Path(VERIFIER_MODEL).expan
 EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "",
                           help="sentence-transformers model (hub id or path); unset = the "
                           "packaged all-MiniLM-L6-v2.")
+EMBEDDING_BACKEND = env_choice(
+    "EMBEDDING_BACKEND", "onnx", ["torch", "onnx", "onnx-int8"],
+    help="What runs the embedding model: torch (sentence-transformers), onnx (onnxruntime, "
+    "same vectors, about 2.5x torch on CPU) or onnx-int8 (dynamic int8 quantization: cosine "
+    "0.994 to torch, no faster here); exported once into MODEL_CACHE_DIR/embedding-<backend>/. "
+    "Falls back to torch, with a warning, when the export or onnxruntime is unavailable.")
 RERANKER_MODEL = env_str("RERANKER_MODEL", "",
                          help="Cross-encoder (hub id or path) for reranking; unset = the "
                          "cheaper documented rescoring.")
@@ -332,6 +415,14 @@ DEEP_CONSULT_TIME_LIMIT = env_int("DEEP_CONSULT_TIME_LIMIT", 900, minimum=60,
                                   "(the soft limit is 30 s earlier).")
 RATE_LIMIT_PER_MINUTE = env_int("RATE_LIMIT_PER_MINUTE", 12, minimum=1,
                                 help="Questions one account may ask per minute.")
+QUICK_ANSWER_LEASE_SECONDS = env_int(
+    "QUICK_ANSWER_LEASE_SECONDS", 30, minimum=5, maximum=600,
+    help="Seconds a quick answer's generator may go without a heartbeat (it sends one every "
+    "second) before another web process takes the answer over.")
+QUICK_ANSWER_MAX_ATTEMPTS = env_int(
+    "QUICK_ANSWER_MAX_ATTEMPTS", 2, minimum=1, maximum=10,
+    help="Attempts at a quick answer (a cut-off model stream or a dead generator starts "
+    "another) before it is marked failed.")
 
 WEB_HOST = env_str("WEB_HOST", "127.0.0.1", help="Address the run command's web server binds to.")
 WEB_PORT = env_int("WEB_PORT", 8000, minimum=1, maximum=65535,

@@ -32,8 +32,9 @@ class EvalRun(models.Model):
     error_message = models.TextField(blank=True)
 
     # What was evaluated: the exact `model` value sent, and the registry row when there is one.
+    # PROTECT: a model with runs is part of the record; it stays in the registry for good.
     served_model = models.ForeignKey("modelsvc.ServedModel", null=True, blank=True,
-                                     on_delete=models.SET_NULL, related_name="eval_runs")
+                                     on_delete=models.PROTECT, related_name="eval_runs")
     model_name = models.CharField(max_length=200)
     adapter_path = models.CharField(max_length=400, blank=True)
     base_model = models.CharField(max_length=200, blank=True)
@@ -143,18 +144,33 @@ class EvalResult(models.Model):
 
 
 class PromotionDecision(models.Model):
-    """The gate's answer when someone tried to promote a model, and whether it was overridden."""
+    """The gate's answer when someone tried to promote a model, and whether it was overridden;
+    or an admin's rollback of a capability to a version that served it before.
 
-    served_model = models.ForeignKey("modelsvc.ServedModel", on_delete=models.CASCADE,
+    A rollback is recorded as the decision that made `served_model` (the earlier version) serve
+    again in place of `compared_with`, with the admin's reason in `override_reason`; the gate
+    is not asked (`gate_passed` is None)."""
+
+    class Kind(models.TextChoices):
+        PROMOTION = "promotion", "Promotion through the gate"
+        ROLLBACK = "rollback", "Rollback to an earlier version"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.PROMOTION,
+                            db_index=True)
+
+    # PROTECT: deleting a model must never take its promotion history with it.
+    served_model = models.ForeignKey("modelsvc.ServedModel", on_delete=models.PROTECT,
                                      related_name="promotion_decisions")
     compared_with = models.ForeignKey("modelsvc.ServedModel", null=True, blank=True,
-                                      on_delete=models.SET_NULL, related_name="+")
+                                      on_delete=models.PROTECT, related_name="+")
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
                                    on_delete=models.SET_NULL, related_name="+")
-    gate_passed = models.BooleanField()
+    gate_passed = models.BooleanField(null=True, help_text="None when the gate was not asked "
+                                      "(a rollback).")
     promoted = models.BooleanField()
     overridden = models.BooleanField(default=False)
-    override_reason = models.TextField(blank=True)
+    override_reason = models.TextField(blank=True, help_text="Why an admin overrode the gate, "
+                                       "or rolled back.")
     reasons = models.JSONField(default=list, blank=True)
     comparisons = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -164,5 +180,7 @@ class PromotionDecision(models.Model):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
+        if self.kind == self.Kind.ROLLBACK:
+            return f"Rollback from {self.compared_with_id} to {self.served_model_id}"
         verdict = "overridden" if self.overridden else ("promoted" if self.promoted else "refused")
         return f"Promotion of {self.served_model_id}: {verdict}"

@@ -14,4 +14,5 @@ urlpatterns = [
     path("results/<int:result_id>/", views.result_detail, name="result"),
     path("compare/", views.compare, name="compare"),
     path("models/", views.models_gate, name="models"),
+    path("models/rollback", views.models_rollback, name="rollback"),
 ]

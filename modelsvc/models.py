@@ -91,8 +91,9 @@ class ServedModel(models.Model):
 class ModelCall(models.Model):
     """One request to a model server: who asked, what it cost, how long it took."""
 
+    # PROTECT: a model that was called is part of the accounting; it is never deleted.
     served_model = models.ForeignKey(ServedModel, null=True, blank=True,
-                                     on_delete=models.SET_NULL, related_name="calls")
+                                     on_delete=models.PROTECT, related_name="calls")
     model_name = models.CharField(max_length=200)
     adapter = models.CharField(max_length=200, blank=True)
     purpose = models.CharField(max_length=32, db_index=True)

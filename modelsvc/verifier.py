@@ -8,7 +8,10 @@ Engines, chosen by VERIFIER_ENGINE (auto | lexical | cross-encoder | judge):
 - cross-encoder: a 3-label sequence-classification model. VERIFIER_MODEL names it (a folder or
   a hub id; the label order is read from its config's id2label, entailment / contradiction /
   neutral or supported / contradicted / not_found); unset means the latest verifier trained
-  here (`manage.py train_verifier`, VAR_DIR/verifiers/<version>/).
+  here (`manage.py train_verifier`, VAR_DIR/verifiers/<version>/). A verifier trained here
+  carries a combiner in its data card: its probabilities are combined with the claim checks
+  of `claim_checks` (a number, population or direction the passage does not state, negation
+  the evidence lacks) by a logistic regression fitted on articles it never trained on.
 - lexical: the embedding + word-overlap score of `verification` (never says contradicted).
 - judge: the served model asked with guided JSON (GPU deployments).
 `auto` is the cross-encoder when VERIFIER_MODEL is set or a trained verifier exists, else
@@ -31,6 +34,7 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from modelsvc import claim_checks
 from modelsvc.claim_changes import CONTRADICTED, LABELS, NOT_FOUND, SUPPORTED, split_sentences
 
 logger = logging.getLogger(__name__)
@@ -163,27 +167,65 @@ class CrossEncoderVerifier:
         self.max_length = int(max_length or card.get("max_length") or MAX_LENGTH)
         self.evidence_words = int(evidence_words or card.get("evidence_words") or EVIDENCE_WORDS)
         self.decision: dict[str, Any] = dict(card.get("decision") or {})
+        self.combiner = (claim_checks.Combiner.from_dict(card["combiner"])
+                         if card.get("combiner") else None)
         self._lock = threading.Lock()
 
     def judge(self, pairs: Sequence[tuple[str, str]]) -> list[PairVerdict]:
-        import torch
-
-        if not pairs:
-            return []
-        evidence = [select_evidence(claim, passage, max_words=self.evidence_words)
-                    for claim, passage in pairs]
-        encoded = self.tokenizer(evidence, [claim for claim, _ in pairs], padding=True,
-                                 truncation="longest_first", max_length=self.max_length,
-                                 return_tensors="pt")
-        # One forward pass at a time: torch already uses every core for each.
-        with self._lock, torch.inference_mode():
-            probabilities = torch.softmax(self.model(**encoded).logits.float(), dim=-1).tolist()
+        """With a combiner in the data card (verifiers trained here), the cross-encoder's
+        probabilities, its probabilities for the claim reversed and the claim's mismatches
+        with the passage are combined (`claim_checks`); otherwise its probabilities alone."""
         verdicts = []
-        for row in probabilities:
-            by_label = {label: round(float(p), 4) for label, p in zip(self.labels, row,
-                                                                         strict=True)}
+        reversed_claims = self.combiner is not None and self.combiner.uses_reversals
+        for measured in self.measure(pairs, reversed_claims=reversed_claims):
+            by_label = (self.combiner.probabilities(measured.features)
+                        if self.combiner is not None else measured.probabilities)
             verdicts.append(PairVerdict(decide(by_label, self.decision), by_label))
         return verdicts
+
+    def measure(self, pairs: Sequence[tuple[str, str]], *, reversed_claims: bool = True
+                ) -> list[Measured]:
+        """The cross-encoder's probabilities for each pair, with the claim's reversals judged
+        against the same evidence in the same batch, and the combiner's features."""
+        rows: list[tuple[str, str]] = []
+        spans: list[tuple[int, int, str]] = []
+        for claim, passage in pairs:
+            evidence = select_evidence(claim, passage, max_words=self.evidence_words)
+            variants = claim_checks.reversals(claim) if reversed_claims else []
+            spans.append((len(rows), len(variants), evidence))
+            rows += [(evidence, claim)] + [(evidence, variant) for variant in variants]
+        probabilities = self._forward(rows)
+        measured = []
+        for (claim, passage), (start, count, evidence) in zip(pairs, spans, strict=True):
+            own, reversals = probabilities[start], probabilities[start + 1:start + 1 + count]
+            measured.append(Measured(own, claim_checks.features(
+                own, reversals, claim, passage, evidence)))
+        return measured
+
+    def _forward(self, rows: Sequence[tuple[str, str]], batch: int = 64
+                 ) -> list[dict[str, float]]:
+        import torch
+
+        found: list[dict[str, float]] = []
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            encoded = self.tokenizer([evidence for evidence, _ in chunk],
+                                     [claim for _, claim in chunk], padding=True,
+                                     truncation="longest_first", max_length=self.max_length,
+                                     return_tensors="pt")
+            # One forward pass at a time: torch already uses every core for each.
+            with self._lock, torch.inference_mode():
+                logits = self.model(**encoded).logits.float()
+            for row in torch.softmax(logits, dim=-1).tolist():
+                found.append({label: round(float(p), 4)
+                              for label, p in zip(self.labels, row, strict=True)})
+        return found
+
+
+@dataclass(frozen=True)
+class Measured:
+    probabilities: dict[str, float]  # the cross-encoder's, for the claim as written
+    features: dict[str, float]
 
 
 def decide(probabilities: dict[str, float], decision: dict[str, Any]) -> str:

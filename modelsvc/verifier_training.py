@@ -253,6 +253,61 @@ def calibrate(folder: Path, validation_pairs: Sequence[ClaimPair]) -> dict[str, 
     return card
 
 
+COMBINER_ARTICLES = 1000
+MIN_COMBINER_ARTICLES = 50
+
+
+def _combiner_abstracts(pool: Sequence[StructuredAbstract], trained_articles: int,
+                        articles: int) -> list[StructuredAbstract]:
+    start = VALIDATION_ARTICLES + trained_articles
+    return list(pool[start:start + articles])
+
+
+def combiner_pairs_for(data_dir: Path, *, seed: int, trained_articles: int,
+                       articles: int = COMBINER_ARTICLES) -> list[ClaimPair]:
+    """Pairs of train-split articles after the validation and training ones (same shuffle):
+    the cross-encoder never saw them, so its probabilities on them are honest inputs."""
+    by_split, _ = read_abstracts(data_dir)
+    pool = list(by_split[TRAIN])
+    random.Random(seed).shuffle(pool)
+    chosen = _combiner_abstracts(pool, trained_articles, articles)
+    if len(chosen) < MIN_COMBINER_ARTICLES:
+        raise VerifierTrainingError(
+            f"Only {len(chosen)} training-split articles are left to fit the combiner on; add "
+            "MEDLINE files or train on fewer --articles.")
+    return claim_pairs(chosen, seed=seed + 2)
+
+
+def fit_combiner(folder: Path, pairs: Sequence[ClaimPair], *, reversals: bool = False,
+                 say: Callable[[str], None] = logger.info) -> dict[str, Any]:
+    """Fit the combiner of the verifier in `folder` (`claim_checks`) on `pairs` and store it
+    in the data card (thresholds are chosen afterwards by `calibrate`). `reversals` adds the
+    features of the claim said the other way round: on 2 CPU cores they cost more than the
+    latency budget for little gain (README), so they are off by default."""
+    from modelsvc.claim_checks import fit_combiner as fit
+
+    card: dict[str, Any] = json.loads((folder / DATA_CARD).read_text())
+    for key in ("combiner", "decision"):
+        card.pop(key, None)
+    (folder / DATA_CARD).write_text(json.dumps(card, indent=2))
+    started = time.monotonic()
+    verifier = CrossEncoderVerifier(folder)
+    rows = []
+    for start in range(0, len(pairs), 64):
+        batch = pairs[start:start + 64]
+        rows += [m.features for m in verifier.measure([(p.claim, p.passage) for p in batch],
+                                                      reversed_claims=reversals)]
+        if start // 64 % 10 == 0:
+            say(f"combiner: measured {start + len(batch)} of {len(pairs)} pairs")
+    combiner = fit(rows, [p.label for p in pairs], reversals=reversals)
+    card["combiner"] = {**combiner.as_dict(), "fitted_on": {
+        "pairs": len(pairs), **counts(pairs), "pairs_sha256": pairs_sha256(pairs),
+        "definition": "train-split articles after the validation and training ones",
+        "seconds": round(time.monotonic() - started, 1)}}
+    (folder / DATA_CARD).write_text(json.dumps(card, indent=2))
+    return card
+
+
 def _figures(labels: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
     figures: dict[str, Any] = {"accuracy": round(sum(
         1 for g, p in zip(labels, predicted, strict=True) if g == p) / max(len(labels), 1), 4)}
@@ -340,6 +395,8 @@ def fine_tune(pairs: Sequence[ClaimPair], options: TrainingOptions, *,
 def write_verifier(cross_encoder: Any, card: dict[str, Any], *,
                    train_pairs: Sequence[ClaimPair],
                    validation_pairs: Sequence[ClaimPair] = (),
+                   combiner_pairs: Sequence[ClaimPair] = (),
+                   combiner_reversals: bool = False,
                    say: Callable[[str], None] = logger.info) -> Path:
     """VAR_DIR/verifiers/<version>/ with model/, data_card.json and train_pairs.jsonl, built
     aside and moved into place whole (the loader only sees complete folders). `card` gets
@@ -357,6 +414,9 @@ def write_verifier(cross_encoder: Any, card: dict[str, Any], *,
                      "pairs_sha256": pairs_sha256(train_pairs),
                      "pairs_file": "train_pairs.jsonl"}
     (staging / DATA_CARD).write_text(json.dumps(card, indent=2))
+    if combiner_pairs:
+        say(f"fitting the combiner on {len(combiner_pairs)} pairs not trained on")
+        fit_combiner(staging, combiner_pairs, reversals=combiner_reversals, say=say)
     if validation_pairs:
         say(f"choosing thresholds on {len(validation_pairs)} validation pairs not trained on")
         calibrate(staging, validation_pairs)
@@ -378,6 +438,8 @@ def validation_pairs_for(data_dir: Path, *, seed: int = 0) -> list[ClaimPair]:
 
 
 def train_verifier(*, data_dir: Path, articles: int = 700,
+                   combiner_articles: int = COMBINER_ARTICLES,
+                   combiner_reversals: bool = False,
                    options: TrainingOptions = TrainingOptions(),
                    progress: Callable[[str], None] | None = None) -> Path:
     """Build the pairs from the training split, fine-tune, measure on train-split articles
@@ -394,6 +456,13 @@ def train_verifier(*, data_dir: Path, articles: int = 700,
     train_abstracts = pool[VALIDATION_ARTICLES:VALIDATION_ARTICLES + articles]
     train_pairs = claim_pairs(train_abstracts, seed=options.seed, restated=True)
     validation_pairs = claim_pairs(validation_abstracts, seed=options.seed + 1)
+    combiner_abstracts = _combiner_abstracts(pool, len(train_abstracts), combiner_articles)
+    combiner_pairs: list[ClaimPair] = []
+    if len(combiner_abstracts) >= MIN_COMBINER_ARTICLES:
+        combiner_pairs = claim_pairs(combiner_abstracts, seed=options.seed + 2)
+    elif combiner_articles:
+        say(f"only {len(combiner_abstracts)} articles left for the combiner (at least "
+            f"{MIN_COMBINER_ARTICLES} needed): the cross-encoder decides alone")
     say(f"{len(train_pairs)} training pairs from {len(train_abstracts)} articles "
         f"({counts(train_pairs)['labels']}); read in {time.monotonic() - started:.0f} s")
     cross_encoder, training = fine_tune(train_pairs, options, say=say)
@@ -412,7 +481,8 @@ def train_verifier(*, data_dir: Path, articles: int = 700,
         "training": training,
     }
     folder = write_verifier(cross_encoder, card, train_pairs=train_pairs,
-                            validation_pairs=validation_pairs, say=say)
+                            validation_pairs=validation_pairs, combiner_pairs=combiner_pairs,
+                            combiner_reversals=combiner_reversals, say=say)
     card = json.loads((folder / DATA_CARD).read_text())
     card["training"]["total_seconds"] = round(time.monotonic() - started, 1)
     (folder / DATA_CARD).write_text(json.dumps(card, indent=2))

@@ -17,8 +17,9 @@ class IngestFileInline(admin.TabularInline):
     model = IngestFile
     extra = 0
     can_delete = False
-    fields = ("path", "format", "status", "progress", "articles_read", "created", "updated",
-              "unchanged", "deleted", "skipped", "chunks_embedded", "issues", "error")
+    fields = ("path", "format", "status", "waiting_for", "progress", "articles_read", "created",
+              "updated", "unchanged", "deleted", "skipped", "chunks_embedded", "issues", "error",
+              "heartbeat_at")
     readonly_fields = fields
 
     @admin.display(description="progress")

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.db import models
+from django.utils import timezone
+
+# An ingest whose heartbeat is older than this has lost its worker (killed, or its host gone):
+# another delivery may take the file over. The ingest beats at every batch of articles and at
+# least every INGEST_HEARTBEAT_EVERY while it reads, so only a dead or hung one goes this quiet.
+INGEST_OWNER_STALE_AFTER = timedelta(minutes=10)
+INGEST_HEARTBEAT_EVERY = timedelta(seconds=30)
 
 
 class Article(models.Model):
@@ -22,11 +31,34 @@ class Article(models.Model):
     retraction_notice_pmid = models.CharField(max_length=20, blank=True)
     content_hash = models.CharField(max_length=64)
     source_file = models.CharField(max_length=300, blank=True)
+    # Where the stored record comes from in NLM's file order (retrieval.file_order): a record
+    # from an earlier file never replaces it. 0: a file outside that order (JSONL, PubMedQA,
+    # a PubMed export), which replaces and is replaced by anything, as it is read.
+    source_sequence = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"PMID {self.pmid}"
+
+
+class ArticleTombstone(models.Model):
+    """A PMID whose newest known record is not stored: deleted by PubMed (DeleteCitation), or
+    a stored article replaced by a version without an abstract. A record from an earlier file
+    that arrives later does not bring it back; one from a later file does (and removes this)."""
+
+    class Reason(models.TextChoices):
+        DELETED = "deleted", "Deleted by PubMed"
+        NO_ABSTRACT = "no abstract", "Newest version has no abstract"
+
+    pmid = models.CharField(max_length=20, unique=True)
+    source_sequence = models.BigIntegerField()
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    source_file = models.CharField(max_length=300, blank=True)
+    recorded_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"PMID {self.pmid} ({self.get_reason_display().lower()})"
 
 
 class Chunk(models.Model):
@@ -104,8 +136,28 @@ class IngestRun(models.Model):
         return text
 
 
+class IngestFileQuerySet(models.QuerySet["IngestFile"]):
+    def with_live_owner(self, now: datetime | None = None) -> IngestFileQuerySet:
+        """Files being ingested right now by a worker whose heartbeat is fresh."""
+        stale_before = (now or timezone.now()) - INGEST_OWNER_STALE_AFTER
+        return self.filter(status=IngestFile.Status.RUNNING, heartbeat_at__gte=stale_before)
+
+    def without_live_owner(self, now: datetime | None = None) -> IngestFileQuerySet:
+        """Pending files, and running ones whose worker has gone quiet: re-queueing these is
+        safe (a delivery that finds the file owned exits without work)."""
+        stale_before = (now or timezone.now()) - INGEST_OWNER_STALE_AFTER
+        return self.filter(
+            models.Q(status=IngestFile.Status.PENDING)
+            | models.Q(status=IngestFile.Status.RUNNING, heartbeat_at__lt=stale_before)
+            | models.Q(status=IngestFile.Status.RUNNING, heartbeat_at__isnull=True))
+
+
 class IngestFile(models.Model):
-    """One input file of a run, with what was read, kept, skipped (and why)."""
+    """One input file of a run, with what was read, kept, skipped (and why).
+
+    A worker owns a running file through `claim_token` and keeps `heartbeat_at` fresh
+    (retrieval.claims); `owner_alive()` says whether that owner is still at work.
+    """
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -129,14 +181,28 @@ class IngestFile(models.Model):
     # reason -> count, e.g. {"no abstract": 12, "duplicate PMID in file": 1}
     issues = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
+    # The file's place in NLM's order (pubmed26n0001 -> 260001); null outside that order.
+    sequence = models.BigIntegerField(null=True, blank=True, db_index=True)
+    # The earlier file this one waits for before it may start (a name, for people).
+    waiting_for = models.CharField(max_length=300, blank=True)
+    claim_token = models.CharField(max_length=32, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = IngestFileQuerySet.as_manager()
 
     class Meta:
         ordering = ["run", "id"]
 
     def __str__(self) -> str:
         return f"{self.path} ({self.status})"
+
+    def owner_alive(self, now: datetime | None = None) -> bool:
+        """Whether a worker is ingesting this file now (running, heartbeat fresh)."""
+        stale_before = (now or timezone.now()) - INGEST_OWNER_STALE_AFTER
+        return (self.status == self.Status.RUNNING and self.heartbeat_at is not None
+                and self.heartbeat_at >= stale_before)
 
 
 class RetrievalEvalRun(models.Model):

@@ -20,10 +20,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from jobs.queueing import enqueue_after_commit
-from retrieval import embedding, tasks
-from retrieval.chunking import CHUNKER_VERSION, chunk_article, content_hash
+from retrieval import tasks
+from retrieval.article_store import OLDER_THAN_DELETION, OLDER_THAN_STORED, Drop, apply_batch
+from retrieval.claims import ClaimLost, FileClaim, claim_file, claimable_files
+from retrieval.file_order import UNORDERED, blocking_file, file_sequence, wait_reason
 from retrieval.index_build import build_index
-from retrieval.models import Article, Chunk, IngestFile, IngestRun
+from retrieval.models import ArticleTombstone, IngestFile, IngestRun
 from retrieval.parsers import (
     DeletedCitation,
     ParsedArticle,
@@ -33,6 +35,9 @@ from retrieval.parsers import (
     read_records,
 )
 from retrieval.vectors import drafts_text, ensure_embeddings
+
+__all__ = ["IngestError", "Selection", "drafts_text", "finish_run", "ingest_file_by_id",
+           "ingest_paths", "release_waiting_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +155,8 @@ def ingest_paths(paths: Iterable[Path | str], *, fmt: str | None = None,
     """Ingest files and rebuild the index once.
 
     In-process (default): returns the finished run. With `use_celery`: returns at once, the
-    run's status moves on as the worker's tasks finish (one task per file). A `selection`
+    run's status moves on as the worker's tasks finish (one task per file; an NLM update
+    file waits for the earlier files, see retrieval.file_order). A `selection`
     (in-process only) ingests a slice of each file; the file stays due for a full ingest.
     """
     resolved = [Path(path).expanduser() for path in paths]
@@ -173,16 +179,19 @@ def ingest_paths(paths: Iterable[Path | str], *, fmt: str | None = None,
         run = IngestRun.objects.create(collection=collection, use_celery=use_celery,
                                        status=IngestRun.Status.RUNNING)
         files = [IngestFile.objects.create(run=run, path=str(path.resolve()), format=file_fmt,
-                                           bytes_total=path.stat().st_size)
+                                           bytes_total=path.stat().st_size,
+                                           sequence=file_sequence(path))
                  for path, file_fmt in zip(resolved, formats, strict=True)]
+        # In NLM's file order (the baseline before its updates); other files keep theirs.
+        in_order = sorted(files, key=lambda row: row.sequence or UNORDERED)
         if use_celery:
-            for ingest_file in files:
+            for ingest_file in in_order:
                 ingest_file_enqueue(ingest_file)
     logger.info("ingest run %s: %d file(s), %s", run.pk, len(files),
                 "queued for the Celery workers" if use_celery else "in-process")
     if use_celery:
         return run
-    for ingest_file in files:
+    for ingest_file in in_order:
         ingest_file_by_id(ingest_file.pk, progress=progress,
                           selection=Selection(selection.topics, selection.limit)
                           if selection is not None else None)
@@ -221,38 +230,118 @@ def build_index_enqueue(run: IngestRun) -> None:
 @dataclass
 class _FileState:
     ingest_file: IngestFile
+    claim: FileClaim
     report: ReadReport
     collection: str
+    sequence: int
     seen_pmids: set[str] = field(default_factory=set)
     records_seen: int = 0
     service_skips: int = 0
     pending: list[ParsedArticle] = field(default_factory=list)
+    drops: list[Drop] = field(default_factory=list)
     progress: ProgressCallback | None = None
 
 
+COUNT_FIELDS = ("articles_read", "created", "updated", "unchanged", "deleted", "skipped",
+                "chunks_embedded", "bytes_done", "issues")
+DELETION_BATCH = 500
+
+
 def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None,
-                      selection: Selection | None = None) -> IngestFile | None:
+                      selection: Selection | None = None, *,
+                      in_file_order: bool = False) -> IngestFile | None:
     """Ingest one IngestFile row; a rerun (redelivered task) redoes only what is missing.
+
+    The file is claimed first (retrieval.claims): a delivery that finds it done, or running
+    under a live worker, returns without work. With `in_file_order` (the workers) a file
+    waits, left pending, while an earlier NLM file is not finished; the file that blocks it
+    queues it again when it finishes (`release_waiting_files`).
 
     With a `selection`, records outside it are skipped and reading stops at its limit; the
     row then carries the PARTIAL_INGEST issue, so the whole file is still due later."""
-    claimed = IngestFile.objects.filter(pk=file_id).exclude(
-        status=IngestFile.Status.DONE).update(status=IngestFile.Status.RUNNING,
-                                              started_at=timezone.now())
     ingest_file = IngestFile.objects.select_related("run").filter(pk=file_id).first()
     if ingest_file is None:
         logger.warning("ingest file %s no longer exists; nothing to do", file_id)
         return None
-    if not claimed:
-        return ingest_file  # already done by an earlier delivery
-    for name in ("articles_read", "created", "updated", "unchanged", "deleted", "skipped",
-                 "chunks_embedded", "bytes_done"):
+    if in_file_order and ingest_file.status != IngestFile.Status.DONE and \
+            _waits_for_earlier_files(ingest_file):
+        ingest_file.refresh_from_db()
+        return ingest_file
+    claim = claim_file(file_id)
+    ingest_file.refresh_from_db()
+    if claim is None:
+        if ingest_file.status == IngestFile.Status.RUNNING:
+            logger.info("ingest file %s (%s) is being ingested by another worker; this "
+                        "delivery does nothing", file_id, Path(ingest_file.path).name)
+        return ingest_file  # done by an earlier delivery, or owned by a live one
+    try:
+        _ingest_claimed(ingest_file, claim, progress, selection)
+    except ClaimLost:
+        logger.warning("ingest of %s stopped: another worker took the file over after this "
+                       "one went quiet", Path(ingest_file.path).name)
+        return ingest_file
+    finally:
+        release_waiting_files()
+    if progress:
+        progress(ingest_file)
+    return ingest_file
+
+
+def _waits_for_earlier_files(ingest_file: IngestFile) -> bool:
+    """True when the file must wait for another (it is left pending, saying which)."""
+    blocker = blocking_file(ingest_file)
+    if blocker is None:
+        return False
+    # Marked first, checked again after: a blocker finishing in between either sees the mark
+    # (and queues this file again) or is seen finished here.
+    marked = IngestFile.objects.filter(claimable_files(), pk=ingest_file.pk).update(
+        status=IngestFile.Status.PENDING, waiting_for=wait_reason(blocker))
+    if not marked:
+        return True  # a live worker owns it: nothing for this delivery to do
+    blocker = blocking_file(ingest_file)
+    if blocker is not None:
+        logger.info("ingest file %s (%s) waits for %s (earlier in NLM's file order, or the "
+                    "same file in another run)", ingest_file.pk, Path(ingest_file.path).name,
+                    Path(blocker.path).name)
+        return True
+    IngestFile.objects.filter(pk=ingest_file.pk, status=IngestFile.Status.PENDING).update(
+        waiting_for="")
+    return False
+
+
+def release_waiting_files() -> list[int]:
+    """Queue again every waiting file that nothing blocks any more (each exactly once); returns
+    their ids. Each file that finishes calls it; the reconciler may too (a blocker whose worker
+    died never does), since a conditional update lets only one caller queue a file."""
+    released_ids: list[int] = []
+    waiting = IngestFile.objects.filter(status=IngestFile.Status.PENDING, run__use_celery=True) \
+        .exclude(waiting_for="").order_by("sequence", "pk")
+    for ingest_file in waiting:
+        if blocking_file(ingest_file) is not None:
+            continue
+        released = IngestFile.objects.filter(
+            pk=ingest_file.pk, status=IngestFile.Status.PENDING,
+            waiting_for=ingest_file.waiting_for).update(waiting_for="")
+        if released:
+            logger.info("ingest file %s (%s) no longer waits; queued", ingest_file.pk,
+                        Path(ingest_file.path).name)
+            ingest_file_enqueue(ingest_file)
+            released_ids.append(ingest_file.pk)
+    return released_ids
+
+
+def _ingest_claimed(ingest_file: IngestFile, claim: FileClaim,
+                    progress: ProgressCallback | None, selection: Selection | None) -> None:
+    for name in COUNT_FIELDS:
         setattr(ingest_file, name, 0)
     ingest_file.issues, ingest_file.error = {}, ""
-    state = _FileState(ingest_file, ReadReport(), ingest_file.run.collection, progress=progress)
     path = Path(ingest_file.path)
+    sequence = file_sequence(path)
+    state = _FileState(ingest_file, claim, ReadReport(), ingest_file.run.collection,
+                       sequence if sequence is not None else UNORDERED, progress=progress)
     try:
         for record in read_records(path, ingest_file.format, state.report):
+            claim.beat_if_due()
             if isinstance(record, DeletedCitation):
                 _flush(state)
                 _delete_articles(state, [record.pmid])
@@ -265,7 +354,7 @@ def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None,
             if not record.sections:
                 _skip(state, "no abstract")
                 # An update without an abstract replaces a version we could cite: drop it.
-                _delete_articles(state, [record.pmid], note_missing=False)
+                state.drops.append(Drop(record.pmid, ArticleTombstone.Reason.NO_ABSTRACT))
                 continue
             if selection is not None and not selection.take(record):
                 _skip(state, PARTIAL_INGEST)
@@ -273,7 +362,7 @@ def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None,
                     break
                 continue
             state.pending.append(record)
-            if len(state.pending) >= ARTICLE_BATCH:
+            if len(state.pending) + len(state.drops) >= ARTICLE_BATCH:
                 _flush(state)
         _flush(state)
         if selection is not None:
@@ -285,6 +374,8 @@ def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None,
             ingest_file.status = IngestFile.Status.FAILED
             ingest_file.error = (f"No records could be read from {path.name}; check that it is "
                                  f"a {ingest_file.format} file (or pass --format).")
+    except ClaimLost:
+        raise
     except UnsupportedInput as error:
         ingest_file.status, ingest_file.error = IngestFile.Status.FAILED, str(error)
     except Exception as error:
@@ -293,19 +384,18 @@ def ingest_file_by_id(file_id: int, progress: ProgressCallback | None = None,
         ingest_file.error = f"{type(error).__name__}: {error}"
     _record_report(state)
     ingest_file.finished_at = timezone.now()
-    ingest_file.save()
+    claim.save(status=ingest_file.status, error=ingest_file.error,
+               finished_at=ingest_file.finished_at,
+               **{name: getattr(ingest_file, name) for name in COUNT_FIELDS})
     logger.info("ingested %s: %d read, %d new, %d updated, %d unchanged, %d deleted, "
                 "%d skipped %s", path.name, ingest_file.articles_read, ingest_file.created,
                 ingest_file.updated, ingest_file.unchanged, ingest_file.deleted,
                 ingest_file.skipped, dict(ingest_file.issues))
-    if progress:
-        progress(ingest_file)
-    return ingest_file
 
 
-def _skip(state: _FileState, reason: str) -> None:
-    state.report.skip(reason)
-    state.service_skips += 1
+def _skip(state: _FileState, reason: str, count: int = 1) -> None:
+    state.report.skip(reason, count)
+    state.service_skips += count
 
 
 def _record_report(state: _FileState) -> None:
@@ -318,90 +408,46 @@ def _record_report(state: _FileState) -> None:
 
 
 def _flush(state: _FileState) -> None:
-    batch, state.pending = state.pending, []
+    records, state.pending = state.pending, []
+    drops, state.drops = state.drops, []
+    if records or drops:
+        _apply(state, records, drops)
+    _save_progress(state)
+
+
+def _delete_articles(state: _FileState, pmids: list[str]) -> None:
+    """PubMed deleted these PMIDs: their articles go (chunks cascade; search drops their hits
+    at once, the run's index build drops their vectors), and the deletion is remembered."""
+    unique = list(dict.fromkeys(pmids))
+    for start in range(0, len(unique), DELETION_BATCH):
+        _apply(state, [], [Drop(pmid, ArticleTombstone.Reason.DELETED)
+                           for pmid in unique[start:start + DELETION_BATCH]])
+
+
+def _apply(state: _FileState, records: list[ParsedArticle], drops: list[Drop]) -> None:
     ingest_file = state.ingest_file
-    if batch:
-        hashes = {article.pmid: article.content_hash(CHUNKER_VERSION) for article in batch}
-        existing: dict[str, tuple[int, str]] = {
-            pmid: (article_id, stored_hash) for article_id, pmid, stored_hash in
-            Article.objects.filter(pmid__in=list(hashes)).values_list("id", "pmid",
-                                                                      "content_hash")}
-        changed = [a for a in batch
-                   if existing.get(a.pmid, (0, ""))[1] != hashes[a.pmid]]
-        ingest_file.unchanged += len(batch) - len(changed)
-        if changed:
-            _store_articles(state, changed, hashes, existing)
+    result = apply_batch(records, drops, sequence=state.sequence,
+                         source_file=Path(ingest_file.path).name,
+                         collection=state.collection)
+    ingest_file.created += result.created
+    ingest_file.updated += result.updated
+    ingest_file.unchanged += result.unchanged
+    ingest_file.deleted += result.deleted
+    for reason, count in result.issues.items():
+        if reason in (OLDER_THAN_STORED, OLDER_THAN_DELETION):
+            _skip(state, reason, count)
+        else:
+            state.report.issues[reason] += count
+    # Embedded after the batch's transaction, so no lock is held while the encoder runs.
+    ingest_file.chunks_embedded += ensure_embeddings(result.texts)
+
+
+def _save_progress(state: _FileState) -> None:
     _record_report(state)
-    ingest_file.save(update_fields=["articles_read", "created", "updated", "unchanged",
-                                    "deleted", "skipped", "chunks_embedded", "issues",
-                                    "bytes_done"])
+    ingest_file = state.ingest_file
+    state.claim.save(**{name: getattr(ingest_file, name) for name in COUNT_FIELDS})
     if state.progress:
         state.progress(ingest_file)
-
-
-def _store_articles(state: _FileState, articles: list[ParsedArticle], hashes: dict[str, str],
-                    existing: dict[str, tuple[int, str]]) -> None:
-    max_tokens = embedding.max_tokens()
-    drafts = {a.pmid: chunk_article(a.title, a.sections, max_tokens=max_tokens,
-                                    count_tokens=embedding.count_tokens) for a in articles}
-    source = Path(state.ingest_file.path).name[:300]
-    with transaction.atomic():
-        rows = []
-        for parsed in articles:
-            row = Article(
-                pmid=parsed.pmid, collection=state.collection, title=parsed.title,
-                abstract=parsed.abstract, abstract_sections=[list(s) for s in parsed.sections],
-                journal=parsed.journal, year=parsed.year, mesh_terms=parsed.mesh_terms,
-                publication_types=parsed.publication_types, language=parsed.language,
-                retracted=parsed.retracted, retraction_notice_pmid=parsed.retraction_notice_pmid,
-                content_hash=hashes[parsed.pmid], source_file=source,
-            )
-            if parsed.pmid in existing:
-                row.pk = existing[parsed.pmid][0]
-            rows.append(row)
-        new_rows = [row for row in rows if row.pk is None]
-        old_rows = [row for row in rows if row.pk is not None]
-        Article.objects.bulk_create(new_rows)
-        if old_rows:
-            now = timezone.now()
-            for row in old_rows:
-                row.updated_at = now
-            Article.objects.bulk_update(old_rows, [
-                "collection", "title", "abstract", "abstract_sections", "journal", "year",
-                "mesh_terms", "publication_types", "language", "retracted",
-                "retraction_notice_pmid", "content_hash",
-                "source_file", "updated_at"])
-            Chunk.objects.filter(article_id__in=[row.pk for row in old_rows]).delete()
-        if any(row.pk is None for row in new_rows):  # backends without RETURNING
-            ids = dict(Article.objects.filter(pmid__in=[r.pmid for r in new_rows])
-                       .values_list("pmid", "id"))
-            for row in new_rows:
-                row.pk = ids[row.pmid]
-        chunk_rows = []
-        for row in rows:
-            for draft in drafts[row.pmid]:
-                chunk_rows.append(Chunk(article_id=row.pk, position=draft.position,
-                                        section=draft.section, text=draft.text,
-                                        content_hash=content_hash(draft.embedded_text(row.title))))
-        Chunk.objects.bulk_create(chunk_rows)
-        state.ingest_file.created += len(new_rows)
-        state.ingest_file.updated += len(old_rows)
-    titles = {row.pk: row.title for row in rows}
-    texts = {chunk.content_hash: drafts_text(titles[chunk.article_id], chunk.text)
-             for chunk in chunk_rows}
-    state.ingest_file.chunks_embedded += ensure_embeddings(texts)
-
-
-def _delete_articles(state: _FileState, pmids: list[str], *, note_missing: bool = True) -> None:
-    """Remove articles (their chunks cascade); the index drops them at the run's rebuild and
-    search already skips hits whose chunk is gone."""
-    present = Article.objects.filter(pmid__in=pmids)
-    count = present.count()
-    if count:
-        present.delete()
-        state.ingest_file.deleted += count
-    if note_missing and count < len(pmids):
-        state.report.issues["deletion of a PMID not in the database"] += len(pmids) - count
 
 
 # --- embeddings ---------------------------------------------------------------------------

@@ -5,5 +5,6 @@
 - `services` / `selectors`: writes (claim, decide, adjudicate, release PHI) and reads.
 - `exports`: SFT / DPO / eval files with a manifest; `phi`: the de-identification gate.
 - `views`, `forms`, `charts`, `urls`, `templates/review/`: the reviewer and admin pages.
-- `tasks`: the export job; `management/commands`: `export_training`, `verify_export`.
+- `tasks`: the export job; `management/commands`: `export_training`, `verify_export`, and
+  `flush`, which sets SQLite's write-once triggers aside while it empties every table.
 """

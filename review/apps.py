@@ -6,4 +6,5 @@ class ReviewConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from review import receivers  # noqa: F401  (connects to the clinic's answer signals)
+        # Connects to the clinic's answer signals; registers this app's jobs with jobs.reconcile.
+        from review import receivers, reconcile  # noqa: F401

@@ -2,6 +2,8 @@
 
 Deterministic from the database alone: the same reviewed items and filters give the same bytes
 (no timestamps, sorted keys, ordered by consultation), so an export can be rebuilt and checked.
+The data file and its manifest are written aside, fsynced, then renamed into place (manifest
+last): a crash mid-export never leaves a half-written file under either name.
 
 A withheld answer (`Consultation.abstained`: its draft was never shown to the clinician) is
 marked as such: `"withheld": true` in eval records and in the manifest's entry for every line
@@ -17,7 +19,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
+import secrets
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -281,6 +285,51 @@ def canonical_line(record: dict[str, Any]) -> bytes:
                       separators=(",", ":")).encode() + b"\n"
 
 
+def _write_aside(path: Path, payload: bytes) -> Path:
+    """payload in a new hidden file beside path, on disk (fsynced); the caller renames it."""
+    # A name of its own per writer ("x": never another's), created with the usual permissions.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    handle = open(temporary, "xb")  # closed below; removed if writing fails
+    try:
+        with handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return temporary
+
+
+def write_files_atomically(files: list[tuple[Path, bytes]]) -> None:
+    """Write each (path, payload) so that a final name only ever holds a complete file.
+
+    Every payload is written and fsynced under a temporary name in the same folder first; only
+    then are they renamed into place, in order (the manifest last), so a crash or a full disk
+    while writing leaves the previous files, or none, never a half-written one. A run killed
+    outright may leave a hidden `.NAME.*.tmp` behind; nothing reads it, and it can be deleted.
+    """
+    folders = {path.parent for path, _ in files}
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[Path, Path]] = []
+    try:
+        for path, payload in files:
+            written.append((_write_aside(path, payload), path))
+        for temporary, path in written:
+            os.replace(temporary, path)
+    finally:
+        for temporary, _ in written:
+            temporary.unlink(missing_ok=True)
+    for folder in folders:
+        # The renames themselves are durable only once the folder's entry is on disk.
+        directory = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
 def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_reviews: int = 1,
                  progress: Progress | None = None, mark_held: bool = True) -> ExportResult:
     """Write FORMAT.jsonl and FORMAT.manifest.json into out_dir; same inputs, same bytes."""
@@ -365,12 +414,8 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
                                                          phi_findings=unsure)
         ReviewItem.objects.filter(pk__in=clear_ids).update(phi_status=ReviewItem.PhiStatus.CLEAR)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     data_path = out_dir / f"{fmt}.jsonl"
     payload = b"".join(lines)
-    temporary = data_path.with_suffix(".jsonl.tmp")
-    temporary.write_bytes(payload)
-    temporary.replace(data_path)
     digest = hashlib.sha256(payload).hexdigest()
     manifest = {
         "schema": MANIFEST_SCHEMA,
@@ -399,7 +444,10 @@ def build_export(*, fmt: str, out_dir: Path, since: date | None = None, min_revi
                       zip(line_items, line_withheld, lines, strict=True), start=1)],
     }
     manifest_path = out_dir / f"{fmt}.manifest.json"
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_files_atomically([
+        (data_path, payload),
+        (manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()),
+    ])
     if progress:
         progress(100)
     logger.info("export %s: %d records to %s", fmt, len(lines), data_path)

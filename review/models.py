@@ -119,7 +119,7 @@ class ImmutableQuerySet(models.QuerySet):
 
 class WriteOnce(models.Model):
     """A record of what a person decided: created once, never changed or deleted (the database
-    refuses too: see migration 0007)."""
+    refuses too: see clinic migration 0007 and review migration 0003)."""
 
     objects = ImmutableQuerySet.as_manager()
 

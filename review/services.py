@@ -339,9 +339,6 @@ def review_item_decide(*, item_id: int, reviewer: User, kind: str,
         item.claimed_by = None
         item.claim_expires_at = None
         fields = ["claimed_by", "claim_expires_at", "status", "updated_at"]
-        if specialty and specialty != item.specialty:
-            item.specialty = specialty
-            fields.append("specialty")
         if adjudicating:
             _resolve(item, decision, fields)
         elif kind == ReviewDecision.Kind.ESCALATE:
@@ -355,6 +352,15 @@ def review_item_decide(*, item_id: int, reviewer: User, kind: str,
                 _resolve(item, decision, fields)
             else:
                 item.status = ReviewItem.Status.NEEDS_ADJUDICATION
+        # A specialty correction is part of the decision: applied to the item (its queue
+        # label, the next form's default) only once the blind round is over.
+        corrected = specialty or next(
+            (vote.specialty for vote in item.decisions.filter(round=item.round)
+             .order_by("-created_at", "-id") if vote.specialty), "")
+        if item.status != ReviewItem.Status.PENDING and corrected \
+                and corrected != item.specialty:
+            item.specialty = corrected
+            fields.append("specialty")
         item.save(update_fields=fields)
     logger.info("review item %s: %s by user %s (%s)", item.pk, kind, reviewer.pk, item.status)
     return decision

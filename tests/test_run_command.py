@@ -14,21 +14,29 @@ import httpx
 import psutil
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 
 from config.env import READ_FROM_ENV
+from launcher import run as run_command
 from launcher.processes import free_port
 from launcher.run import (
     Stack,
     _already_ingested,
     _corpus_entry,
+    _demo_accounts,
     _ensure_router,
+    _external_redis_answers,
     _queue_verifier_training,
+    _wait_ready,
+    _warm_model,
+    is_embedded_demo,
 )
 from modelsvc.models import RouterVersion
 from modelsvc.verifier import DATA_CARD, MODEL_FOLDER
 from retrieval.models import IngestFile
 from retrieval.services import Selection, ingest_paths
 from tests.conftest import SYNTHETIC_ARTICLES
+from tests.modelsvc.doubles import ModelServerDouble, Reply, completion
 
 pytestmark = [pytest.mark.model_server, pytest.mark.redis]
 
@@ -81,8 +89,14 @@ def test_run_starts_everything_then_ctrl_c_stops_it_and_a_second_run_reuses_it(
             children = _interrupt(process)
     passwords = dict(re.findall(r"username: (\w+)\s+password: (\S+)", text))
     assert set(passwords) == {"clinician", "reviewer", "admin"}
-    assert len(children) >= 4  # redis, model server, worker, web
+    assert len(children) >= 6  # redis, model server, two workers, beat, web
+    assert re.search(r"\[beat\s*\] starting Celery beat: the job reconciler every", text)
+    assert (tmp_path / "var" / "redis" / "appendonly.aof").exists()  # queued jobs persist
     assert re.search(r"\[router\s*\] router \S+ active: held-out accuracy", text)
+    # The model is loaded before anyone asks, and readiness is reported part by part.
+    assert re.search(r"\[model\s*\] ready: one token in \d+ ms", text)
+    for part in ("database", "redis", "model_server", "index"):
+        assert re.search(rf"\[ready\s*\] {part}: ok \(\d+ ms\)", text), part
     # No MEDLINE files here, so the verifier is not trained, and the run says why.
     assert "not training the claim verifier" in text
     time.sleep(1)
@@ -199,3 +213,80 @@ def test_no_verifier_training_starts_when_one_is_trained(tmp_path: Path, setting
     stack = Stack(tmp_path)
     _queue_verifier_training(stack, settings)
     assert stack.background == []
+
+
+# --- no account, no secret outside the embedded demo set-up ---------------------------------
+
+def test_outside_the_embedded_set_up_no_account_is_created_and_no_password_printed(
+        db: None, settings: object, capsys: pytest.CaptureFixture[str]) -> None:
+    settings.REDIS_IS_EMBEDDED = False  # type: ignore[attr-defined]
+    assert not is_embedded_demo()
+    _demo_accounts()
+    out = capsys.readouterr().out
+    assert not User.objects.exists()
+    assert "no demo accounts outside the embedded set-up" in out
+    assert "python manage.py createsuperuser" in out
+    assert "password:" not in out
+
+
+def test_the_embedded_set_up_creates_the_demo_accounts_and_shows_their_passwords_once(
+        db: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(run_command, "is_embedded_demo", lambda: True)
+    _demo_accounts()
+    assert sorted(User.objects.values_list("username", flat=True)) == [
+        "admin", "clinician", "reviewer"]
+    assert capsys.readouterr().out.count("password:") == 3
+    _demo_accounts()
+    assert "password:" not in capsys.readouterr().out
+
+
+def test_an_external_redis_is_named_by_host_and_port_never_by_its_url(
+        redis_server: str, settings: object, capsys: pytest.CaptureFixture[str]) -> None:
+    port = settings.REDIS_URL.rsplit(":", 1)[-1].split("/")[0]  # type: ignore[attr-defined]
+    settings.REDIS_URL = f"redis://:s3cret@127.0.0.1:{port}/0"  # type: ignore[attr-defined]
+    assert _external_redis_answers()
+    settings.REDIS_URL = "redis://user:s3cret@127.0.0.1:1/0"  # type: ignore[attr-defined]
+    assert not _external_redis_answers()
+    captured = capsys.readouterr()
+    assert f"using the Redis at REDIS_URL (127.0.0.1:{port})" in captured.out
+    assert "the Redis at REDIS_URL (127.0.0.1:1) does not answer" in captured.err
+    assert "s3cret" not in captured.out + captured.err
+
+
+# --- readiness and the model's warm-up, as ./run reports them -------------------------------
+
+def test_a_part_that_is_not_ready_is_reported_with_what_to_do_and_no_url(
+        db: None, tmp_path: Path, settings: object, capsys: pytest.CaptureFixture[str]) -> None:
+    closed = free_port()
+    settings.MODEL_BASE_URL = f"http://user:s3cret@127.0.0.1:{closed}/v1"  # type: ignore[attr-defined]
+    settings.MODEL_SERVER_IS_EMBEDDED = False  # type: ignore[attr-defined]
+    settings.INDEX_DIR = tmp_path / "no-index"  # type: ignore[attr-defined]
+
+    assert not _wait_ready(f"http://127.0.0.1:{closed}", timeout=0, log_dir=tmp_path)
+
+    out = capsys.readouterr().out
+    assert re.search(r"\[ready\s*\] database: ok \(\d+ ms\)", out)
+    assert re.search(r"\[NOT READY\s*\] model_server: The model server does not answer "
+                     r"\(ConnectError\); check that the server at MODEL_BASE_URL is running\.",
+                     out)
+    assert re.search(r"\[NOT READY\s*\] index: No literature index is built yet", out)
+    assert "s3cret" not in out and f":{closed}/v1" not in out
+
+
+def test_the_warm_up_loads_the_model_with_one_token_and_a_failure_is_not_fatal(
+        tmp_path: Path, settings: object, capsys: pytest.CaptureFixture[str]) -> None:
+    with ModelServerDouble([Reply(body=completion("O", completion_tokens=1))]) as double:
+        settings.MODEL_BASE_URL = double.base_url  # type: ignore[attr-defined]
+        _warm_model(tmp_path)
+        assert [(r["max_tokens"], r.get("stream", False)) for r in double.requests] == [
+            (1, False)]
+    assert re.search(r"\[model\s*\] ready: one token in \d+ ms", capsys.readouterr().out)
+
+    with ModelServerDouble([Reply(body=completion("O"))], health_status=503) as double:
+        settings.MODEL_BASE_URL = double.base_url  # type: ignore[attr-defined]
+        _warm_model(tmp_path)
+    out = capsys.readouterr().out
+    assert "the one-token completion failed: The model server" in out
+    assert "not healthy (HTTP 503)" in out
+    assert f"The first question may wait while the model loads; see {tmp_path}/model-server.log" \
+        in out

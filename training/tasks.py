@@ -24,6 +24,10 @@ TRAINING_QUEUE = "training"
     acks_late=True,
     reject_on_worker_lost=True,
     ignore_result=True,
+    # Hours on CPU at most; a run past this is stopped, and a resumed run goes on from its
+    # latest checkpoint. Below the broker's visibility timeout (jobs.checks).
+    soft_time_limit=6 * 3600,
+    time_limit=6 * 3600 + 300,
 )
 def run_training(self, run_id: int) -> None:  # type: ignore[no-untyped-def]
     worker = f"{self.request.hostname or 'worker'}:{os.getpid()}"

@@ -54,9 +54,10 @@
     if (cancel) cancel.hidden = snapshot.finished;
     const feedback = $("feedback-card");
     if (feedback) feedback.hidden = snapshot.status !== "complete";
-    // Running: what is under way (or the queue); finished: why an answer stopped early.
+    // Running: what is under way (or the queue); finished: why an answer stopped early, or
+    // (cancelled) that the question is kept and how to ask again.
     if (!snapshot.finished) $("stage").textContent = display.detail || "";
-    else $("stage").textContent = display.stopped_by ? display.detail : "";
+    else $("stage").textContent = display.stopped_by || display.state === "cancelled" ? display.detail : "";
     const suggest = $("suggest-deep");
     if (suggest) suggest.hidden = !((snapshot.routing && snapshot.routing.suggested_deep) || snapshot.withheld);
     if (snapshot.time_to_first_token_ms) {
@@ -130,6 +131,12 @@
     if (renderWithheld(snapshot)) return;
     if (!snapshot.claims || snapshot.claims.length === 0) {
       answer.textContent = snapshot.answer_text;
+      if (!snapshot.answer_text && (snapshot.status === "failed" || snapshot.status === "cancelled")) {
+        // Say so rather than leave an empty card; the status line above says what to do.
+        answer.append(el("p", { class: "muted", id: "no-answer" },
+          "No answer: this consultation " + (snapshot.status === "failed" ? "failed" : "was cancelled") +
+          " before one was written. Your question is kept."));
+      }
       return;
     }
     answer.replaceChildren();

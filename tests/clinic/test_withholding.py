@@ -9,7 +9,6 @@ on a real index over the synthetic articles.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from clinic.models import Claim, Consultation
 from clinic.quick import complete_sentences
 from review.models import ReviewItem
 from tests.clinic.verifier_double import verifier_double  # noqa: F401  (a fixture)
-from tests.modelsvc.doubles import ModelServerDouble, Reply, completion
 from tests.web.streams import parse_events, read_stream
 
 QUESTION = "Does low-dose aspirin prevent recurrent stroke?"
@@ -31,25 +29,6 @@ pytestmark = pytest.mark.usefixtures("verifier_double")
 SUPPORTED = "Low-dose aspirin lowers the risk of recurrent stroke [1]."
 NOT_FOUND = "Aspirin cures every stroke patient quickly [1]."
 CONTRADICTED = "Aspirin increases the risk of recurrent stroke [1]."
-
-
-@pytest.fixture
-def answer_double(settings: Any) -> Iterator[Any]:
-    def serve(*sentences: str) -> ModelServerDouble:
-        # Token-sized pieces, so sentences end mid-stream as they do with a real model.
-        pieces = [word + " " for sentence in sentences for word in sentence.split()]
-        double = ModelServerDouble([Reply(stream=pieces),
-                                    Reply(body=completion(" ".join(sentences)))])
-        double.__enter__()
-        started.append(double)
-        settings.MODEL_BASE_URL, settings.MODEL_NAME = double.base_url, "recorded-model"
-        settings.MODEL_MAX_RETRIES = 0
-        return double
-
-    started: list[ModelServerDouble] = []
-    yield serve
-    for double in started:
-        double.__exit__()
 
 
 def _ask(client: Client, clinician: User, **extra: str) -> tuple[Consultation, str]:

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from decimal import Decimal
+from typing import Any, cast
 
 import pytest
 
-from modelsvc.accounting import cost_of, record_call
+from modelsvc.accounting import MeteredCall, cost_of, metered_stream, record_call
 from modelsvc.client import ChatResult
 from modelsvc.errors import ModelUnavailableError
 from modelsvc.models import ModelCall, ServedModel
@@ -14,6 +18,7 @@ from modelsvc.selectors import (
     totals_by_model,
     totals_by_purpose,
 )
+from tests.modelsvc.doubles import ModelServerDouble, Reply
 
 pytestmark = pytest.mark.django_db
 
@@ -96,3 +101,28 @@ def test_totals_per_consultation_stage_and_model(priced_adapter: ServedModel,
     assert by_model["lit-lora"].cost == Decimal("2.100000")
     assert by_model["other"].failed == 1
     assert ModelCall.objects.count() == 4
+
+
+def test_closing_a_metered_stream_closes_the_model_request_before_it_returns(
+        settings: Any) -> None:
+    with ModelServerDouble([Reply(stream=[f"t{i}" for i in range(400)],
+                                  chunk_delay=0.02)]) as double:
+        settings.MODEL_BASE_URL, settings.MODEL_MAX_RETRIES = double.base_url, 0
+        meter = MeteredCall(model_name="m", purpose="answer")
+
+        async def read_three_then_close() -> bool:
+            stream = cast(AsyncGenerator[Any, None], metered_stream(
+                [{"role": "user", "content": "Hello?"}], meter=meter, max_tokens=400))
+            async with aclosing(stream):
+                received = 0
+                async for _event in stream:
+                    received += 1
+                    if received == 3:
+                        break
+            # The event loop is blocked here, so nothing left for later (an abandoned inner
+            # stream's clean-up) can run: the request must already be closed.
+            return double.client_hung_up.wait(5)
+
+        assert asyncio.run(read_three_then_close())
+        assert double.chunks_sent < 300  # of 400: it stopped early
+    assert not ModelCall.objects.exists()  # nothing finished, so nothing is recorded

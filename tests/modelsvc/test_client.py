@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -288,24 +290,52 @@ def test_stopping_a_stream_closes_the_upstream_request() -> None:
         assert double.chunks_sent < 300  # of 400: it stopped early
 
 
-def test_stopping_an_async_stream_closes_the_upstream_request() -> None:
+def _cancel_after_three_chunks(double: ModelServerDouble,
+                               consume: Callable[[], Awaitable[None]]) -> None:
+    async def run() -> None:
+        task = asyncio.create_task(consume())
+        while double.chunks_sent < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()  # the SSE view's task is cancelled when the browser goes away
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+
+
+def test_cancelling_a_task_waiting_on_an_async_stream_closes_the_upstream_request() -> None:
     with ModelServerDouble([Reply(stream=[f"t{i}" for i in range(400)],
                                   chunk_delay=0.02)]) as double:
         client = fast_client(double.base_url)
 
-        async def read_three_then_cancel() -> None:
-            async def consume() -> None:
-                async for _event in client.astream_chat(HELLO, model="m", max_tokens=400):
-                    await asyncio.sleep(0)
+        async def consume() -> None:
+            # Nothing awaited between texts: the task only ever waits inside the stream, so
+            # the cancel lands there.
+            async for _event in client.astream_chat(HELLO, model="m", max_tokens=400):
+                pass
 
-            task = asyncio.create_task(consume())
-            while double.chunks_sent < 3:
-                await asyncio.sleep(0.01)
-            task.cancel()  # the SSE view's task is cancelled when the browser goes away
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        _cancel_after_three_chunks(double, consume)
 
-        asyncio.run(read_three_then_cancel())
+        assert double.client_hung_up.wait(5)
+        assert double.chunks_sent < 300  # of 400: it stopped early
+
+
+def test_closing_an_async_stream_while_its_consumer_waits_elsewhere_closes_the_request(
+        ) -> None:
+    with ModelServerDouble([Reply(stream=[f"t{i}" for i in range(400)],
+                                  chunk_delay=0.02)]) as double:
+        client = fast_client(double.base_url)
+
+        async def consume() -> None:
+            # The consumer is busy with its own work (a database write, a publish) when the
+            # cancel comes, so the stream is not running; `aclosing`, as every caller uses,
+            # closes it all the same.
+            never = asyncio.Event()
+            async with aclosing(client.astream_chat(HELLO, model="m", max_tokens=400)) as stream:
+                async for _event in stream:
+                    await never.wait()
+
+        _cancel_after_three_chunks(double, consume)
 
         assert double.client_hung_up.wait(5)
         assert double.chunks_sent < 300  # of 400: it stopped early

@@ -329,10 +329,12 @@ def test_verifier_model_pointing_at_a_folder_loads_it_and_negation_is_contradict
 
 ISSUE_PASSAGE = ("In this randomised trial of 22,071 male physicians, aspirin reduced the risk "
                  "of myocardial infarction in men by 44% compared with placebo.")
-# Measured recall on the claims benchmark (README): negation ~0.75-0.9, direction ~0.42,
-# population ~0.16-0.26; the two weaker kinds are expected to slip through here.
-WEAK_KIND = pytest.mark.xfail(reason="the shipped verifier catches under half of direction and "
-                              "population changes (README, Claim verification)", strict=False)
+# Measured recall on the claims benchmark (README), cross-encoder with its claim checks:
+# negation ~0.74-0.90, direction ~0.62-0.64, population ~0.61-0.71; the two weaker kinds may
+# slip through (verifier 20261202-140713-0a50fdd9 catches all three here).
+WEAK_KIND = pytest.mark.xfail(reason="the shipped verifier catches about two thirds of direction "
+                              "and population changes (README, Claim verification)",
+                              strict=False)
 
 
 @pytest.mark.slow
@@ -352,3 +354,50 @@ def test_the_real_verifier_on_the_issues_contradictions(claim: str, settings: An
     (verdict,) = engine.judge([(claim, ISSUE_PASSAGE)])
 
     assert verdict.verdict == CONTRADICTED
+
+
+NUMBER_PASSAGES = [
+    "Statins lowered LDL cholesterol by 30% in 1200 adults with diabetes.",
+    "Exercise training improved walking distance by 45% in 300 patients with claudication.",
+    "Vaccination reduced hospital admissions by 25% in 800 older adults.",
+    "Aspirin reduced myocardial infarction by 44% in 2200 male physicians.",
+    "Dapagliflozin lowered heart failure admissions by 35% in 4700 patients.",
+]
+
+
+def _number_pairs() -> list[ClaimPair]:
+    pairs = []
+    for passage in NUMBER_PASSAGES:
+        number = passage.split("by ")[1].split("%")[0]
+        pairs.append(ClaimPair(passage, passage, SUPPORTED, "verbatim", "t"))
+        pairs.append(ClaimPair(passage.replace(f"{number}%", f"{int(number) + 17}%"), passage,
+                               CONTRADICTED, NUMBER, "t"))
+        pairs.append(ClaimPair("Smoking caused lung cancer in miners.", passage, NOT_FOUND,
+                               "other_article", "t"))
+    return pairs
+
+
+def test_a_combiner_in_the_data_card_decides_with_the_claim_checks(
+        tiny_verifier: Path, tmp_path: Path) -> None:
+    """train_verifier fits the combiner on pairs the cross-encoder never saw; judge() then
+    sees what the cross-encoder alone misses, such as a number the passage never states."""
+    import shutil
+
+    from modelsvc.verifier_training import fit_combiner
+
+    folder = tmp_path / tiny_verifier.name
+    shutil.copytree(tiny_verifier, folder)
+    card = fit_combiner(folder, _number_pairs() * 4)
+    assert card["combiner"]["fitted_on"]["pairs"] == 60
+    assert "numbers_absent" in card["combiner"]["features"]
+
+    verifier = CrossEncoderVerifier(folder)
+    passage = "Colchicine lowered cardiovascular events by 23% in 5500 patients."
+    changed, kept = verifier.judge([
+        ("Colchicine lowered cardiovascular events by 41% in 5500 patients.", passage),
+        (passage, passage)])
+    assert verifier.combiner is not None
+    assert changed.verdict == CONTRADICTED
+    assert kept.verdict == SUPPORTED
+    # Without the combiner the same cross-encoder is not asked about reversals at all.
+    assert CrossEncoderVerifier(tiny_verifier).combiner is None

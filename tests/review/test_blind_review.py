@@ -195,3 +195,21 @@ def test_kappa_counts_only_blind_decisions(unsafe_item, reviewer, second_reviewe
     [pair] = reviewer_agreement()
     assert pair["items"] == 1
     assert pair["agreement"] == 1.0
+
+
+def test_a_specialty_correction_stays_hidden_until_the_round_is_over(
+        client, unsafe_item, reviewer, second_reviewer):
+    item = unsafe_item()
+    guessed = item.specialty
+    decide(item, reviewer, "approve", specialty="toxicology")
+    item.refresh_from_db()
+    assert item.specialty == guessed  # not the first reviewer's correction yet
+    client.force_login(second_reviewer)
+    for page in (client.get(reverse("review:queue")).content.decode(),
+                 client.get(reverse("review:item", args=[item.pk])).content.decode()):
+        assert "toxicology" not in page
+
+    decide(item, second_reviewer, "approve")
+    item.refresh_from_db()
+    assert item.status == ReviewItem.Status.DONE
+    assert item.specialty == "toxicology"

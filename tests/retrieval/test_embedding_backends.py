@@ -1,0 +1,90 @@
+"""EMBEDDING_BACKEND: torch or onnxruntime (plain / int8), exported once, torch as fallback."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pytest_django.fixtures import Settings as SettingsWrapper
+
+from retrieval import embedding
+
+pytest.importorskip("onnxruntime", reason="onnxruntime (requirements.txt) is not installed")
+
+SENTENCES = [
+    "Does aspirin reduce the risk of stroke in patients with atrial fibrillation?",
+    "Metformin lowered HbA1c by 1.1% over 24 weeks compared with placebo.",
+    "A randomised controlled trial of early mobilisation after hip fracture surgery.",
+    "short",
+]
+
+
+@pytest.fixture(scope="module")
+def export_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")  # shared: the int8 export is made once here
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch, settings: SettingsWrapper,
+          export_root: Path) -> Iterator[SettingsWrapper]:
+    """No loaded encoder in this process (restored afterwards); exports go to export_root."""
+    for name in ("_embedder", "_embedder_name", "_session", "_backend_in_use"):
+        monkeypatch.setattr(embedding, name, None)
+    settings.MODEL_CACHE_DIR = export_root
+    yield settings
+
+
+def test_torch_backend_uses_sentence_transformers(fresh: SettingsWrapper) -> None:
+    fresh.EMBEDDING_BACKEND = "torch"
+    assert embedding.backend_in_use() == "torch"
+    assert embedding._session is None
+    assert not (Path(fresh.MODEL_CACHE_DIR) / "embedding-torch").exists()
+
+
+def test_int8_is_exported_once_and_agrees_with_torch(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh.EMBEDDING_BACKEND = "torch"
+    reference = embedding.embed_texts(SENTENCES)
+
+    fresh.EMBEDDING_BACKEND = "onnx-int8"
+    assert embedding.backend_in_use() == "onnx-int8"
+    folder = Path(fresh.MODEL_CACHE_DIR) / "embedding-onnx-int8"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "source.json"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+    vectors = embedding.embed_texts(SENTENCES)
+    assert vectors.shape == reference.shape and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * reference).sum(axis=1)
+    assert cosines.min() >= 0.98, cosines
+    # order restored after the length-sorted batches: each row matches its own sentence
+    assert (vectors @ reference.T).argmax(axis=1).tolist() == list(range(len(SENTENCES)))
+
+    # a second load (new process) reuses the export: exporting again would fail here
+    import torch
+
+    def no_export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("exported twice")
+
+    monkeypatch.setattr(torch.onnx, "export", no_export)
+    written = (folder / "model.onnx").stat().st_mtime_ns
+    monkeypatch.setattr(embedding, "_embedder", None)
+    assert embedding.backend_in_use() == "onnx-int8"
+    assert (folder / "model.onnx").stat().st_mtime_ns == written
+    np.testing.assert_allclose(embedding.embed_texts(SENTENCES), vectors, atol=1e-6)
+
+
+def test_unavailable_backend_falls_back_to_torch_with_a_warning(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    fresh.EMBEDDING_BACKEND = "onnx"
+    with caplog.at_level(logging.WARNING, logger="retrieval.embedding"):
+        assert embedding.backend_in_use() == "torch"
+    assert any("EMBEDDING_BACKEND=onnx is unavailable" in r.getMessage() for r in caplog.records)
+    assert not (Path(fresh.MODEL_CACHE_DIR) / "embedding-onnx").exists()
+    vectors = embedding.embed_texts(SENTENCES[:2])
+    assert vectors.shape == (2, embedding.embedding_dimension())
