@@ -45,12 +45,30 @@ def _frame(title: str) -> list[str]:
     return parts
 
 
+LABEL_GAP = 12  # px between reference labels, so close figures (70.6%, 71.6%) stay readable
+
+
+def label_positions(ys: Sequence[float], gap: float = LABEL_GAP) -> list[float]:
+    """Label heights near `ys`, each at least `gap` from the next, inside the plot area."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed: dict[int, float] = {}
+    previous = TOP - gap
+    for i in order:
+        placed[i] = max(ys[i], previous + gap)
+        previous = placed[i]
+    overflow = previous - (HEIGHT - BOTTOM)
+    if overflow > 0:  # pushed below the plot: move the whole column up
+        placed = {i: y - overflow for i, y in placed.items()}
+    return [placed[i] for i in range(len(ys))]
+
+
 def _references(parts: list[str], references: Sequence[tuple[str, float]]) -> None:
-    for label, value in references:
+    heights = label_positions([_y(value) for _, value in references])
+    for (label, value), label_y in zip(references, heights, strict=True):
         y = _y(value)
         parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
                      'stroke="#8a5300" stroke-dasharray="4 3"/>')
-        parts.append(f'<text x="{WIDTH - RIGHT + 4}" y="{y + 4:.1f}" font-size="10" '
+        parts.append(f'<text x="{WIDTH - RIGHT + 4}" y="{label_y + 4:.1f}" font-size="10" '
                      f'fill="#8a5300">{escape(label)} {value:.1%}</text>')
 
 
