@@ -33,6 +33,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
+from bench.questions import QUESTIONS  # noqa: E402
 from clinic.answering import build_messages  # noqa: E402
 from clinic.deep import PLAN_MAX_TOKENS, REVISE_INSTRUCTION, plan_messages  # noqa: E402
 from launcher.processes import (  # noqa: E402
@@ -46,18 +47,6 @@ from modelsvc.errors import ModelServiceError  # noqa: E402
 from modelsvc.local_models import ensure_smollm2  # noqa: E402
 from modelsvc.prompts import PromptPassage  # noqa: E402
 
-QUESTIONS = [
-    "Does low-dose aspirin prevent recurrent ischemic stroke?",
-    "Is metformin safe in chronic kidney disease stage 3?",
-    "Does vitamin D supplementation reduce hip fractures in older adults?",
-    "Do statins cause muscle pain?",
-    "Does early mobilisation after hip fracture surgery improve recovery?",
-    "What is the bleeding risk of dual antiplatelet therapy after minor stroke?",
-    "Should metformin be stopped before contrast imaging?",
-    "Does calcium with vitamin D prevent fractures?",
-    "Are statins useful for primary prevention in people over 75?",
-    "How soon after hip fracture should surgery happen?",
-]
 PASSAGES = [
     PromptPassage(1, "90000001", "Low-dose aspirin for secondary prevention of ischemic stroke",
                   "Aspirin 75-150 mg daily reduced recurrent ischemic stroke by 22% and "

@@ -51,6 +51,8 @@ from locust.stats import RequestStats, StatsEntry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.questions import QUESTIONS  # noqa: E402
+
 CLINICIAN_PREFIX = "loadbench-clinician-"
 ASKER_PREFIX = "loadbench-asker-"  # no seeded rows: they would count against the rate limit
 REVIEWER_PREFIX = "loadbench-reviewer-"
@@ -64,16 +66,6 @@ PAGE_NAMES = ("history page", "history search", "consultation page", "review que
 ASK_NAMES = ("ask: POST", "ask: poll", "ask: answered")
 LOGIN_NAME = "login"
 
-QUESTIONS = [
-    "Does low-dose aspirin prevent recurrent ischemic stroke?",
-    "Is metformin safe in chronic kidney disease stage 3?",
-    "Does vitamin D supplementation reduce hip fractures in older adults?",
-    "Do statins cause muscle pain?",
-    "Does early mobilisation after hip fracture surgery improve recovery?",
-    "Should metformin be stopped before contrast imaging?",
-    "Are SGLT2 inhibitors beneficial in heart failure with preserved ejection fraction?",
-    "Does influenza vaccination reduce cardiovascular events?",
-]
 SEARCH_TERMS = ["aspirin", "metformin", "statins", "vitamin"]
 
 

@@ -25,6 +25,7 @@ worded otherwise: README reports the cross-encoder alone beside the combination.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -87,6 +88,12 @@ def _is_year(number: str) -> bool:
     return len(number) == 4 and number.isdigit() and 1900 <= int(number) <= 2030
 
 
+@functools.lru_cache(maxsize=1024)
+def _phrase_pattern(phrase: str) -> re.Pattern[str]:
+    """The phrase as a whole word (compiled once per phrase; the phrases are the swap lists)."""
+    return re.compile(r"\b" + re.escape(phrase) + r"\b")
+
+
 def _swap_words(claim: str, kind: str) -> list[str]:
     return [match.group(0).lower() for match in _SWAP_PATTERNS[kind].finditer(claim)]
 
@@ -101,7 +108,7 @@ def mismatches(claim: str, passage: str, evidence: str) -> dict[str, float]:
             if number not in passage_numbers and not _is_year(number))))}
 
     def used(phrase: str) -> bool:
-        return re.search(r"\b" + re.escape(phrase) + r"\b", passage_lower) is not None
+        return _phrase_pattern(phrase).search(passage_lower) is not None
 
     for kind in ("population", "direction"):
         absent = opposed = 0
