@@ -328,11 +328,15 @@ def prepare_answer(question: str, *, patient_note: str = "",
         timings["retrieve_ms"] = (time.monotonic() - started) * 1000
         timings.update({f"retrieve_{name}": ms for name, ms in result.timings_ms.items()})
         hits, index_version = result.hits, result.index_version
+    started = time.monotonic()
     candidates = [Passage.from_hit(number, hit) for number, hit in enumerate(hits, start=1)]
     fitted = fit(question, candidates, max_tokens=max_tokens, patient_note=patient_note,
                  instruction=instruction, shown=shown, prompted=prompted)
+    timings["fit_ms"] = (time.monotonic() - started) * 1000
+    started = time.monotonic()
     messages = build_messages(question, fitted.prompted, patient_note=patient_note,
                               instruction=instruction)
+    timings["prompt_ms"] = (time.monotonic() - started) * 1000
     timings = {name: round(ms, 1) for name, ms in timings.items()}
     prepared = PreparedAnswer(
         question=question, patient_note=patient_note, model=model, decision=decision,

@@ -377,6 +377,11 @@ EMBEDDING_BACKEND = env_choice(
     "same vectors, about 2.5x torch on CPU) or onnx-int8 (dynamic int8 quantization: cosine "
     "0.994 to torch, no faster here); exported once into MODEL_CACHE_DIR/embedding-<backend>/. "
     "Falls back to torch, with a warning, when the export or onnxruntime is unavailable.")
+EMBEDDING_DEVICE = env_choice(
+    "EMBEDDING_DEVICE", "cpu", ["cpu", "cuda", "auto"],
+    help="Where the embedding model runs: cpu (EMBEDDING_BACKEND), cuda (torch in fp16 on the "
+    "GPU, whatever EMBEDDING_BACKEND says; fails loudly when torch sees no GPU) or auto (cuda "
+    "when torch sees a GPU, else cpu).")
 RERANKER_MODEL = env_str("RERANKER_MODEL", "",
                          help="Cross-encoder (hub id or path) for reranking; unset = the "
                          "cheaper documented rescoring.")

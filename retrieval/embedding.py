@@ -12,6 +12,9 @@ the stored vectors). When onnxruntime is missing or the export fails, torch is u
 warning is logged. (sentence-transformers' own backend="onnx" needs optimum-onnx, which pins
 transformers<4.58, and optimum-intel downgrades transformers and upgrades torch, so neither
 is installed.)
+
+`settings.EMBEDDING_DEVICE` = cuda (or auto, with a GPU) runs torch in fp16 on the GPU in
+batches of GPU_BATCH_SIZE, whatever the backend setting says (`bench/gpu_check.sh` measures it).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ EXPORT_VERSION = 2  # bump when the export changes: older exports are then redon
 # Seconds spent inside SentenceTransformer.encode in this process (the benchmark reads it).
 ENCODE_SECONDS = [0.0]
 BATCH_SIZE = 64
+GPU_BATCH_SIZE = 512  # a GPU needs large batches to stay busy; 512 x 256 tokens fits easily
 
 
 class EmbeddingModelError(Exception):
@@ -176,9 +180,24 @@ def _load_session(model: SentenceTransformer, backend: str, location: str) -> An
 
 
 def backend_in_use() -> str:
-    """The backend that actually embeds (torch after a fallback)."""
+    """The backend that actually embeds (torch after a fallback; torch-cuda on a GPU)."""
     get_embedder()
     return _backend_in_use or "torch"
+
+
+def embedding_device() -> str:
+    """cpu, or cuda where EMBEDDING_DEVICE asks for it (auto: when torch sees a GPU)."""
+    wanted = settings.EMBEDDING_DEVICE
+    if wanted == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if wanted == "cuda":
+        raise EmbeddingModelError("EMBEDDING_DEVICE=cuda, but torch sees no CUDA device; set "
+                                  "EMBEDDING_DEVICE=cpu or auto.")
+    return "cpu"
 
 
 def get_embedder() -> SentenceTransformer:
@@ -186,7 +205,7 @@ def get_embedder() -> SentenceTransformer:
     global _embedder, _embedder_name, _session, _backend_in_use
     name = embedding_model_name()
     backend = settings.EMBEDDING_BACKEND
-    key = f"{name}|{backend}"
+    key = f"{name}|{backend}|{settings.EMBEDDING_DEVICE}"
     if _embedder is not None and _embedder_name == key:
         return _embedder
     with _lock:
@@ -194,19 +213,25 @@ def get_embedder() -> SentenceTransformer:
             from sentence_transformers import SentenceTransformer
 
             location = _model_location()
+            device = embedding_device()
             started = time.monotonic()
             try:
-                model = SentenceTransformer(location, device="cpu")
+                model = SentenceTransformer(location, device=device)
             except Exception as error:  # library errors become one actionable sentence
                 raise EmbeddingModelError(
                     f"Cannot load the embedding model {location!r} ({error}); check "
                     "EMBEDDING_MODEL (a sentence-transformers model id or folder)."
                 ) from error
-            session = _load_session(model, backend, location)
-            logger.info("loaded embedding model %s (%s backend) in %.1fs", name,
-                        backend if session is not None else "torch",
+            if device == "cuda":
+                # fp16 on the GPU's tensor cores; the ONNX backends here run on the CPU only.
+                model.half()
+                session, in_use = None, "torch-cuda"
+            else:
+                session = _load_session(model, backend, location)
+                in_use = backend if session is not None else "torch"
+            logger.info("loaded embedding model %s (%s backend) in %.1fs", name, in_use,
                         time.monotonic() - started)
-            _session, _backend_in_use = session, backend if session is not None else "torch"
+            _session, _backend_in_use = session, in_use
             _embedder, _embedder_name = model, key
     assert _embedder is not None
     return _embedder
@@ -270,7 +295,8 @@ def embed_texts(texts: list[str]) -> np.ndarray:
         if session is not None:
             vectors = _encode_onnx(embedder, session, texts)
         else:
-            vectors = embedder.encode(texts, batch_size=BATCH_SIZE, convert_to_numpy=True,
+            batch = GPU_BATCH_SIZE if _backend_in_use == "torch-cuda" else BATCH_SIZE
+            vectors = embedder.encode(texts, batch_size=batch, convert_to_numpy=True,
                                       normalize_embeddings=True, show_progress_bar=False)
     ENCODE_SECONDS[0] += time.monotonic() - started
     return np.ascontiguousarray(vectors, dtype=np.float32)

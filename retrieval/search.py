@@ -43,6 +43,10 @@ RESCORE_WEIGHTS = (0.55, 0.0, 0.45)
 RESCORE_WEIGHTS_WITHOUT_ARTICLE_BM25 = (0.5, 0.5, 0.0)  # index versions built before it
 MAX_QUERY_CHARS = 4000
 PQ_REFINE_FACTOR = 4  # IVF-PQ fetches 4x the candidates, then re-scores them exactly
+# The columns a Hit shows, in the order _hits unpacks them.
+HIT_FIELDS = ("id", "section", "text", "article__pmid", "article__title", "article__journal",
+              "article__year", "article__publication_types", "article__retracted",
+              "article__retraction_notice_pmid")
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,24 @@ def _bm25_stage(index: LoadedIndex, scores: np.ndarray | None, mask: np.ndarray 
 def dense_search(index: LoadedIndex, query_vector: np.ndarray, depth: int,
                  mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Top positions and scores among allowed chunks, exact for the flat indexes."""
+    import faiss
+
+    # One OpenMP thread per query. FAISS splits one query's scan over all cores, and the
+    # threads then wait for each other; with the cores busy (other requests, the worker's
+    # indexing, the model server) that wait costs more than the split saves: 120 ms with two
+    # threads against 32 ms with one for 60k vectors at load average 8 on 2 cores
+    # (bench/retrieval.py). Concurrent requests still use every core. The setting belongs
+    # to the calling thread (an OpenMP ICV), so an index build in another thread keeps all.
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return _dense_search(index, query_vector, depth, mask)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _dense_search(index: LoadedIndex, query_vector: np.ndarray, depth: int,
+                  mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     depth = min(depth, index.size)
@@ -369,24 +391,26 @@ def _hits(index: LoadedIndex, ranked: list[tuple[int, float, int]], k: int,
     articles retracted since the build are dropped here."""
     wanted = ranked[: k + 20]
     chunk_ids = [int(index.chunk_ids[position]) for _a, _s, position in wanted]
-    rows = {chunk.pk: chunk for chunk in
-            Chunk.objects.select_related("article").filter(pk__in=chunk_ids)}
+    # Plain tuples of the shown columns: a third of the cost of model instances (the abstract,
+    # its sections and the MeSH terms stay in the database).
+    rows = {row[0]: row for row in Chunk.objects.filter(pk__in=chunk_ids).order_by()
+            .values_list(*HIT_FIELDS)}
     wanted_types = {t.lower() for t in filters.publication_types}
     hits: list[Hit] = []
     for (article_id, score, _position), chunk_id in zip(wanted, chunk_ids, strict=True):
-        chunk = rows.get(chunk_id)
-        if chunk is None:
+        row = rows.get(chunk_id)
+        if row is None:
             continue
-        article = chunk.article
-        if filters.exclude_retracted and article.retracted:
+        (_id, section, text, pmid, title, journal, year, publication_types, retracted,
+         retraction_notice_pmid) = row
+        if filters.exclude_retracted and retracted:
             continue
-        if wanted_types and not wanted_types & {t.lower() for t in article.publication_types}:
+        if wanted_types and not wanted_types & {t.lower() for t in publication_types}:
             continue
         hits.append(Hit(
-            chunk_id=chunk.pk, pmid=article.pmid, title=article.title, journal=article.journal,
-            year=article.year, publication_types=list(article.publication_types),
-            retracted=article.retracted, section=chunk.section, text=chunk.text,
-            score=round(score, 6), retraction_notice_pmid=article.retraction_notice_pmid,
+            chunk_id=chunk_id, pmid=pmid, title=title, journal=journal, year=year,
+            publication_types=list(publication_types), retracted=retracted, section=section,
+            text=text, score=round(score, 6), retraction_notice_pmid=retraction_notice_pmid,
             stages={name: ranks[article_id] for name, ranks in stage_ranks.items()
                     if article_id in ranks},
         ))

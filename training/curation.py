@@ -7,9 +7,11 @@ by reason in the data card:
 - never a withheld or abstained draft as a target (an approved abstention exports its draft);
 - length limits on the prompt and the target;
 - the PHI gate again on what the model would learn to say (export texts were scrubbed once);
-- decontamination against every evaluation suite: PubMedQA questions and PMIDs (an example whose
-  passages quote a PubMedQA article would leak its conclusion), MIRAGE questions, and the review
-  queue's eval split;
+- decontamination against every evaluation suite's files (or the files given instead, e.g. a
+  bench's held-out half): PubMedQA questions and PMIDs (an example whose passages quote a
+  PubMedQA article would leak its conclusion), MIRAGE questions, and the review queue's eval
+  split; a literature article that is contaminated is dropped before the examples are built, so
+  it is never another example's distractor passage either;
 - exact and near duplicates (reviewed examples first, so a reviewer's answer wins over the
   literature's).
 
@@ -31,11 +33,9 @@ from typing import Any
 from django.conf import settings
 
 from evaluation.reviewed import held_out_items
-from evaluation.suites import EvalError
+from evaluation.suites import SUITES, EvalError, default_paths, file_format, read_json
 from review.exports import (
-    ExportError,
     NearDuplicateIndex,
-    benchmark_index,
     canonical_line,
     item_key,
     split_of,
@@ -116,12 +116,9 @@ class _Filters:
             return "prompt longer than the maximum"
         if candidate.rejected and candidate.rejected.strip() == target:
             return "chosen and rejected are the same"
-        if self.pubmedqa_pmids.intersection(candidate.pmids):
-            return "decontamination: a PubMedQA article in its passages"
-        if self.benchmarks.match(candidate.question):
-            return "decontamination: PubMedQA or MIRAGE question"
-        if self.reviewed_eval.match(candidate.question):
-            return "decontamination: question of the reviewed eval split"
+        contamination = self.contamination(candidate.question, candidate.pmids)
+        if contamination:
+            return contamination
         if phi:
             for text in (candidate.question, target):
                 result = scrub(text)
@@ -132,6 +129,15 @@ class _Filters:
         seen.add(candidate.question)
         if duplicate:
             return f"{duplicate} duplicate question"
+        return None
+
+    def contamination(self, question: str, pmids: list[str]) -> str | None:
+        if self.pubmedqa_pmids.intersection(pmids):
+            return "decontamination: a PubMedQA article in its passages"
+        if self.benchmarks.match(question):
+            return "decontamination: PubMedQA or MIRAGE question"
+        if self.reviewed_eval.match(question):
+            return "decontamination: question of the reviewed eval split"
         return None
 
 
@@ -204,9 +210,43 @@ def _reviewed_eval_index(threshold: float) -> NearDuplicateIndex:
     return index
 
 
-def _pubmedqa_pmids() -> frozenset[str]:
-    path = Path(settings.LITERATURE_DATA_DIR) / "pubmedqa" / "pqal_dev.json"
-    return frozenset(json.loads(path.read_text())) if path.exists() else frozenset()
+def evaluation_files() -> list[Path]:
+    """Every evaluation suite's default data files: what training never learns from."""
+    paths = {path for suite in SUITES.values() for path in default_paths(suite)}
+    return sorted(paths)
+
+
+def _decontamination(paths: list[Path], threshold: float,
+                     ) -> tuple[NearDuplicateIndex, frozenset[str], list[dict[str, Any]]]:
+    """(questions, PubMedQA PMIDs, what each file gave) of PubMedQA- or MIRAGE-format files."""
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise TrainingDataError(
+            f"Evaluation files to decontaminate against are missing: {', '.join(missing)}. Set "
+            "LITERATURE_DATA_DIR to the folder holding pubmedqa/ and exam/, or pass existing "
+            "files with --decontaminate.")
+    index = NearDuplicateIndex(threshold)
+    pmids: set[str] = set()
+    described = []
+    for path in paths:
+        try:
+            data = read_json(path)
+            kind = file_format(data)
+        except EvalError as error:
+            raise TrainingDataError(f"{path} cannot be used for decontamination: {error}") \
+                from error
+        if kind == "pubmedqa":
+            questions = [str(record["QUESTION"]) for record in data.values()]
+            pmids.update(str(pmid) for pmid in data)
+        else:
+            questions = [str(record["question"]) for subset in data.values()
+                         for record in subset.values()]
+        for question in questions:
+            index.add(question)
+        described.append({"file": str(path), "format": kind,
+                          "sha256": _sha256(path.read_bytes()), "questions": len(questions),
+                          "pmids": len(data) if kind == "pubmedqa" else 0})
+    return index, frozenset(pmids), described
 
 
 def _export_candidates(fmt: str, manifest: dict[str, Any], records: list[dict[str, Any]],
@@ -240,16 +280,18 @@ def _export_candidates(fmt: str, manifest: dict[str, Any], records: list[dict[st
 
 def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
            literature: Iterable[LiteratureSource] | None = None, literature_origin: str = "",
-           limits: Limits | None = None) -> CuratedSet:
-    """Write sft.jsonl, dpo.jsonl and card.json into out_dir. Raises TrainingDataError."""
+           limits: Limits | None = None,
+           decontaminate: list[Path] | None = None) -> CuratedSet:
+    """Write sft.jsonl, dpo.jsonl and card.json into out_dir. Raises TrainingDataError.
+    `decontaminate`: PubMedQA- or MIRAGE-format files whose questions (and PMIDs) are never
+    trained on; default every evaluation suite's files (the review eval split always)."""
     limits = limits or Limits()
     threshold = settings.EXPORT_NEAR_DUPLICATE_JACCARD
-    try:
-        benchmarks = benchmark_index(str(settings.LITERATURE_DATA_DIR), threshold)
-    except ExportError as error:
-        raise TrainingDataError(error.message) from error
+    benchmarks, pubmedqa_pmids, decontaminated = _decontamination(
+        [Path(path) for path in decontaminate] if decontaminate else evaluation_files(),
+        threshold)
     filters = _Filters(threshold=threshold, limits=limits, benchmarks=benchmarks,
-                       pubmedqa_pmids=_pubmedqa_pmids(),
+                       pubmedqa_pmids=pubmedqa_pmids,
                        reviewed_eval=_reviewed_eval_index(threshold))
     export = _load_export(export_dir) if export_dir is not None else {}
     items = _review_items_by_key() if export else {}
@@ -271,7 +313,14 @@ def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
 
     literature_info: dict[str, Any] = {}
     if literature is not None:
-        examples, skipped = build_examples(literature)
+        clean: list[LiteratureSource] = []
+        for source in literature:
+            reason = filters.contamination(source.title.strip(), [source.pmid])
+            if reason:
+                filters.dropped[f"literature: {reason}"] += 1
+            else:
+                clean.append(source)
+        examples, skipped = build_examples(clean)
         literature_info = {"origin": literature_origin, "examples_built": len(examples),
                            "articles_skipped": dict(sorted(skipped.items()))}
         for example in examples:
@@ -338,9 +387,8 @@ def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
                        "max_prompt_chars": limits.max_prompt_chars},
             "duplicates": {"method": "normalised text + token-set Jaccard",
                            "threshold": threshold},
-            "decontamination": ["pubmedqa/pqal_dev.json QUESTION and PMIDs",
-                                "exam/mirage_medmcqa_mmlu.json question",
-                                "review queue eval split questions"],
+            "decontamination": {"files": decontaminated,
+                                "also": "review queue eval split questions"},
             "phi": "review.phi.scrub on reviewed questions and targets; literature exempt "
                    "(published abstracts)",
             "abstentions": "approved abstained or withheld drafts never become targets",

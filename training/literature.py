@@ -12,6 +12,7 @@ scored on. Deterministic: the same articles give the same examples.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -176,12 +177,27 @@ def sources_from_index(collection: str | None = None) -> Iterator[LiteratureSour
 
 
 def sources_from_files(paths: Iterable[Path]) -> Iterator[LiteratureSource]:
-    """The same from PubMed XML / JSONL files read in place (no index needed), for benches."""
+    """The same from PubMed XML / JSONL / PubMedQA JSON files read in place (no index needed),
+    for benches. A PubMedQA item's QUESTION is its title (the question its authors' title asked),
+    CONTEXTS its context and LONG_ANSWER its conclusion: the label is still decided from the
+    conclusion, never read from final_decision."""
     for path in paths:
         report = ReadReport()
-        fmt = "pubmed-xml" if ".xml" in Path(path).name else "jsonl"
+        name = Path(path).name
+        fmt = "pubmedqa" if name.endswith(".json") else "pubmed-xml" if ".xml" in name else "jsonl"
+        questions = _pubmedqa_questions(Path(path)) if fmt == "pubmedqa" else {}
         for record in read_records(Path(path), fmt, report):
-            if isinstance(record, ParsedArticle) and not record.retracted \
-                    and is_question_title(record.title):
-                yield LiteratureSource(pmid=record.pmid, title=record.title,
+            if not isinstance(record, ParsedArticle) or record.retracted:
+                continue
+            title = questions.get(record.pmid, "") if fmt == "pubmedqa" else record.title
+            if is_question_title(title):
+                yield LiteratureSource(pmid=record.pmid, title=title,
                                        sections=tuple(record.sections))
+
+
+def _pubmedqa_questions(path: Path) -> dict[str, str]:
+    # The index reader leaves PubMedQA titles empty (QUESTION would leak evaluation queries into
+    # the documents); here the question is the point, so it is read beside the records.
+    items = json.loads(path.read_text(encoding="utf-8"))
+    return {str(pmid): str(item.get("QUESTION") or "") for pmid, item in items.items()
+            if isinstance(item, dict)} if isinstance(items, dict) else {}

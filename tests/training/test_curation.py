@@ -8,7 +8,12 @@ import pytest
 
 from retrieval.models import Article
 from training.curation import TrainingDataError, curate
-from training.literature import decide_label, sources_from_index, split_conclusion
+from training.literature import (
+    decide_label,
+    sources_from_files,
+    sources_from_index,
+    split_conclusion,
+)
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.django_db]
 
@@ -137,3 +142,62 @@ def test_labels_only_where_the_conclusion_decides():
     assert decide_label("How safe is X?", "X was safe.") is None
     assert split_conclusion([("", "Only one unlabelled section.")]) is None
 
+
+
+def pubmedqa_file(path, items):
+    """A PubMedQA-format file: {pmid: (question, conclusion, final_decision)}."""
+    path.write_text(json.dumps({pmid: {
+        "QUESTION": question, "CONTEXTS": [f"Background for {pmid}.", "Outcomes in 80 adults."],
+        "LABELS": ["BACKGROUND", "RESULTS"], "LONG_ANSWER": conclusion,
+        "final_decision": decision} for pmid, (question, conclusion, decision) in items.items()}))
+    return path
+
+
+def test_pubmedqa_files_give_literature_decontaminated_against_the_files_given(tmp_path):
+    held_out = pubmedqa_file(tmp_path / "held_out.json", {
+        "92000009": ("Does bed rest speed recovery from low back pain?",
+                     "Bed rest did not speed recovery.", "no")})
+    train = pubmedqa_file(tmp_path / "train.json", {
+        # A pqal_dev PMID and question: trained on only because the held-out file replaces the
+        # default decontamination files.
+        "10808977": ("Can tailored interventions increase mammography use among HMO women?",
+                     "Tailored interventions increased mammography use.", "yes"),
+        # The label comes from the conclusion, never from final_decision.
+        "92000001": ("Is vitamin D alone protective against fractures in older adults?",
+                     "Vitamin D alone did not reduce fractures.", "yes"),
+        "92000002": ("Are night shifts a risk factor for migraine in nurses?",
+                     "Whether night shifts trigger migraine remains unclear.", "no"),
+        # The held-out article and its question under another PMID: neither an example nor a
+        # distractor passage.
+        "92000009": ("Does bed rest speed recovery from low back pain?",
+                     "Bed rest did not speed recovery.", "no"),
+        "92000010": ("Does bed rest speed recovery from low back pain?",
+                     "Bed rest did not speed recovery.", "no")})
+
+    curate(out_dir=tmp_path / "set", name="pqa", literature=sources_from_files([train]),
+           decontaminate=[held_out])
+    records = read_jsonl(tmp_path / "set" / "sft.jsonl")
+    users = [record["messages"][1]["content"] for record in records]
+    assert len(records) == 3
+    assert not any("92000009" in user or "92000010" in user or "bed rest" in user.lower()
+                   for user in users)
+    targets = {user.split("<question>\n")[1].split("\n")[0]: record["messages"][2]["content"]
+               for user, record in zip(users, records, strict=True)}
+    assert targets["Is vitamin D alone protective against fractures in older adults?"].endswith(
+        "Answer: no")
+    assert targets["Are night shifts a risk factor for migraine in nurses?"].endswith(
+        "Answer: maybe")
+    card = json.loads((tmp_path / "set" / "card.json").read_text())
+    assert card["filtered"] == {
+        "literature: decontamination: a PubMedQA article in its passages": 1,
+        "literature: decontamination: PubMedQA or MIRAGE question": 1}
+    assert [entry["file"] for entry in card["filters"]["decontamination"]["files"]] == [
+        str(held_out)]
+
+    assert any('pmid="10808977"' in user for user in users)
+
+    # By default every evaluation suite's files decontaminate: the pqal_dev article goes.
+    curate(out_dir=tmp_path / "default", name="pqa-default",
+           literature=sources_from_files([train]))
+    assert not any('pmid="10808977"' in record["messages"][1]["content"]
+                   for record in read_jsonl(tmp_path / "default" / "sft.jsonl"))

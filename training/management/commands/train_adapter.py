@@ -31,7 +31,12 @@ class Command(BaseCommand):
                           help="Synthetic literature set from the indexed corpus (default), from "
                           "--literature-file files read in place, or none.")
         data.add_argument("--literature-file", type=Path, action="append", default=[],
-                          help="PubMed XML or JSONL file for --literature files (repeatable).")
+                          help="PubMed XML, JSONL or PubMedQA JSON file for --literature files "
+                          "(repeatable); a PubMedQA item's QUESTION is its title.")
+        data.add_argument("--decontaminate", type=Path, action="append", default=[],
+                          metavar="FILE",
+                          help="PubMedQA or MIRAGE file whose questions (and PMIDs) are never "
+                          "trained on (repeatable); default every evaluation suite's files.")
         data.add_argument("--name", default="", help="Name of the new training set.")
         data.add_argument("--max-target-chars", type=int, default=Limits.max_target_chars)
         data.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars)
@@ -152,7 +157,8 @@ class Command(BaseCommand):
             export_batch_id=options["export_batch"], literature=options["literature"],
             literature_files=options["literature_file"],
             limits=Limits(max_target_chars=options["max_target_chars"],
-                          max_prompt_chars=options["max_prompt_chars"]))
+                          max_prompt_chars=options["max_prompt_chars"]),
+            decontaminate=options["decontaminate"] or None)
 
     def _print_card(self, training_set: TrainingSet) -> None:
         card = training_set.card

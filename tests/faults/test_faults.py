@@ -1,0 +1,75 @@
+"""The fault suite: real processes killed or restarted in the middle of real jobs
+(tests/faults/cases.py says how). Each case: nothing lost, nothing done twice, and a status
+the user can read. bench/faults.py repeats each case N times and prints the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults.cases import (
+    Lab,
+    Outcome,
+    case_model_server_killed_mid_stream,
+    case_redis_restarted,
+    case_same_ingest_file_twice,
+    case_two_web_workers_20_quick_answers,
+    case_updates_out_of_order,
+    case_worker_killed_deep_consult,
+    case_worker_killed_evaluation,
+    case_worker_killed_export,
+    case_worker_killed_ingest,
+)
+
+pytestmark = [pytest.mark.redis]
+
+
+def _nothing_lost_nothing_twice(outcome: Outcome, status: str) -> None:
+    assert (outcome.lost, outcome.duplicated) == (0, 0), outcome.notes
+    assert status in outcome.status, (outcome.status, outcome.notes)
+
+
+@pytest.mark.model_server
+def test_a_worker_killed_during_a_deep_consult(lab: Lab, model_server: dict[str, str],
+                                               tiny_index: Path) -> None:
+    _nothing_lost_nothing_twice(case_worker_killed_deep_consult(lab), "complete")
+
+
+def test_a_worker_killed_during_an_export(lab: Lab) -> None:
+    _nothing_lost_nothing_twice(case_worker_killed_export(lab), "done")
+
+
+@pytest.mark.model_server
+def test_a_worker_killed_during_an_evaluation(lab: Lab, model_server: dict[str, str],
+                                              tiny_index: Path) -> None:
+    _nothing_lost_nothing_twice(case_worker_killed_evaluation(lab), "complete")
+
+
+def test_a_worker_killed_during_an_ingest(lab: Lab, fault_index_dir: Path) -> None:
+    _nothing_lost_nothing_twice(case_worker_killed_ingest(lab), "file done")
+
+
+def test_redis_restarted_with_jobs_queued_and_running(lab: Lab) -> None:
+    _nothing_lost_nothing_twice(case_redis_restarted(lab), "done, done, done, done")
+
+
+@pytest.mark.model_server
+def test_the_model_server_killed_mid_stream(lab: Lab, model_server: dict[str, str],
+                                            tiny_index: Path) -> None:
+    _nothing_lost_nothing_twice(case_model_server_killed_mid_stream(lab), "Failed")
+
+
+@pytest.mark.model_server
+def test_two_web_workers_twenty_quick_answers(lab: Lab, model_server: dict[str, str],
+                                              tiny_index: Path) -> None:
+    _nothing_lost_nothing_twice(case_two_web_workers_20_quick_answers(lab), "20/20")
+
+
+def test_the_same_ingest_file_queued_twice(lab: Lab, fault_index_dir: Path) -> None:
+    _nothing_lost_nothing_twice(case_same_ingest_file_twice(lab), "file done")
+
+
+def test_update_files_delivered_out_of_order(lab: Lab, fault_index_dir: Path) -> None:
+    _nothing_lost_nothing_twice(case_updates_out_of_order(lab), "deletion stayed deleted")
+
