@@ -17,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView, exception_handler
 
 from clinic.models import Consultation
-from clinic.quick import consultation_events, sse_frame
+from clinic.quick import consultation_events, sse_frame, through_outage
 from clinic.selectors import consultation_for_user, consultation_history, consultation_snapshot
 from clinic.services import (
     QuestionRejected,
@@ -144,7 +144,8 @@ class ConsultationListCreate(APIView):
         return paginator.get_paginated_response(ConsultationSummarySerializer(page, many=True).data)
 
     @extend_schema(request=ConsultationCreateSerializer,
-                   responses={201: SNAPSHOT_SCHEMA, 400: ERROR_SCHEMA, 429: ERROR_SCHEMA})
+                   responses={201: SNAPSHOT_SCHEMA, 400: ERROR_SCHEMA, 429: ERROR_SCHEMA,
+                              503: ERROR_SCHEMA})
     def post(self, request: Request) -> Response:
         serializer = ConsultationCreateSerializer(data=request.data)
         if not serializer.is_valid():
@@ -159,8 +160,10 @@ class ConsultationListCreate(APIView):
         except RateLimited as error:
             return Response({"error": error.message}, status=status.HTTP_429_TOO_MANY_REQUESTS,
                             headers={"Retry-After": str(error.retry_after)})
-        return Response(_with_links(request, consultation_snapshot(consultation.pk)),
-                        status=status.HTTP_201_CREATED)
+        # The question is committed: a database that goes away now is waited out rather than
+        # reported as a failure, which would have the client send a saved question again.
+        return Response(_with_links(request, through_outage(consultation_snapshot)(
+            consultation.pk)), status=status.HTTP_201_CREATED)
 
 
 class ConsultationDetail(APIView):

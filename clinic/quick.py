@@ -18,6 +18,9 @@ process take the answer over. Cancel clears the claim: the generator stops at it
 heartbeat (at once when it runs in the same process) and the upstream model request is closed.
 A model stream cut off before its end marker is discarded and the answer written again, up to
 QUICK_ANSWER_MAX_ATTEMPTS attempts; then it fails with the reason, never stored as complete.
+A database that goes away for a moment (a PostgreSQL restart, a failover) does not end the
+answer: each of the generator's reads and writes is tried again on a fresh connection for up to
+DATABASE_OUTAGE_SECONDS, and the model's stream goes on meanwhile.
 
 Nothing unverified reaches the clinician: the model's tokens stay on the server. Each complete
 sentence is checked on its own against the passages it cites (`check_sentence`, one sentence at
@@ -46,9 +49,16 @@ from typing import Any, TypeVar, cast
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from clinic.answering import (
     Passage,
@@ -79,6 +89,35 @@ T = TypeVar("T")
 HEARTBEAT_EVERY_SECONDS = 1.0
 TAIL_EVERY_SECONDS = 0.4
 RETRY_HINT = "Your question is saved; press Retry."
+# How long a generator waits out a database that went away (a restart takes seconds) before
+# it gives the answer up to the lease, under which another generator takes it over.
+DATABASE_OUTAGE_SECONDS = 20.0
+
+
+def _reconnect(state: RetryCallState) -> None:
+    """Before the next try: drop this thread's broken connection, so the try opens a new one."""
+    logger.warning("quick answer: the database was unavailable (%s); trying again",
+                   type(state.outcome.exception()).__name__ if state.outcome else "error")
+    for connection in connections.all(initialized_only=True):
+        try:
+            connection.close()
+        except (InterfaceError, OperationalError):
+            connection.connection = None  # already gone; Django opens a new one next time
+
+
+def through_outage(function: Callable[..., T]) -> Callable[..., T]:
+    """`function`, tried again on a fresh connection while the database is unreachable.
+
+    Only for calls that are safe to repeat: the generator's reads, and its fenced writes, whose
+    transaction either committed (a repeat then finds the claim moved on: ClaimLost) or did not.
+    """
+    def call(*args: Any, **kwargs: Any) -> T:
+        retrying = Retrying(
+            retry=retry_if_exception_type((OperationalError, InterfaceError)),
+            wait=wait_exponential(multiplier=0.25, max=4), reraise=True,
+            stop=stop_after_delay(DATABASE_OUTAGE_SECONDS), before_sleep=_reconnect)
+        return retrying(function, *args, **kwargs)
+    return call
 
 
 def sse_frame(event: Event) -> str:
@@ -440,13 +479,14 @@ class _Generation:
         """A fenced write on the database thread; ClaimLost (and the generation stops) when the
         claim is gone."""
         try:
-            return await sync_to_async(fenced)(self.consultation_id, self.token, *args)
+            return await sync_to_async(through_outage(fenced))(self.consultation_id, self.token,
+                                                               *args)
         except ClaimLost:
             self.stop()
             raise
 
     async def read(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await sync_to_async(function)(*args, **kwargs)
+        return await sync_to_async(through_outage(function))(*args, **kwargs)
 
     async def off_loop(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """CPU-bound work (embedding, retrieval, verification) on a worker thread, whose
@@ -545,6 +585,12 @@ class _Generation:
                 return
             except (asyncio.CancelledError, ClaimLost):
                 raise
+            except (OperationalError, InterfaceError) as error:
+                logger.warning("quick answer %s: the database stayed unavailable: %s",
+                               self.consultation_id, type(error).__name__)
+                await self.write(fail, "The database was unavailable while the answer was "
+                                 f"being written. {RETRY_HINT}")
+                return
             except Exception:
                 logger.exception("quick answer %s failed unexpectedly", self.consultation_id)
                 await self.write(fail, "Something went wrong while answering; the error is "

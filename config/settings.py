@@ -7,6 +7,7 @@ MODEL_BASE_URL.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from datetime import timedelta
@@ -251,11 +252,13 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 INTERACTIVE_QUEUE = CELERY_TASK_DEFAULT_QUEUE
 BULK_QUEUE = "bulk"
-CELERY_TASK_QUEUES = [Queue(INTERACTIVE_QUEUE), Queue(BULK_QUEUE), Queue("training")]
+TRAINING_QUEUE = "training"
+CELERY_TASK_QUEUES = [Queue(INTERACTIVE_QUEUE), Queue(BULK_QUEUE), Queue(TRAINING_QUEUE)]
 CELERY_TASK_ROUTES = {
     "retrieval.tasks.*": {"queue": BULK_QUEUE},
     "review.tasks.*": {"queue": BULK_QUEUE},
     "evaluation.tasks.*": {"queue": BULK_QUEUE},
+    "training.tasks.*": {"queue": TRAINING_QUEUE},
 }
 # Jobs whose message was lost (a Redis restart, a flush) are re-queued by the reconciler,
 # at worker start and from Celery beat (`./run` starts it); it runs on the interactive queue.
@@ -432,8 +435,12 @@ QUICK_ANSWER_MAX_ATTEMPTS = env_int(
 WEB_HOST = env_str("WEB_HOST", "127.0.0.1", help="Address the run command's web server binds to.")
 WEB_PORT = env_int("WEB_PORT", 8000, minimum=1, maximum=65535,
                    help="Port the run command's web server listens on.")
-WEB_WORKERS = env_int("WEB_WORKERS", 1, minimum=1, maximum=64,
-                      help="uvicorn worker processes started by the run command.")
+WEB_WORKERS = env_int("WEB_WORKERS", max(1, min(os.cpu_count() or 1, 4)), minimum=1,
+                      maximum=64, help="uvicorn worker processes started by the run command "
+                      "(default: one per CPU core, at most 4; each holds its own models).")
+WARM_UP_ON_START = env_bool("WARM_UP_ON_START", True,
+                            help="Load the embedding model, index and claim verifier when a web "
+                            "process starts, not on the first question.")
 
 # --- Review queue and training exports -------------------------------------------------
 REVIEW_CLAIM_MINUTES = env_int("REVIEW_CLAIM_MINUTES", 30, minimum=1,

@@ -13,6 +13,9 @@ from rest_framework.permissions import IsAuthenticated
 
 from clinic import health
 
+# A database that is briefly unreachable is a 503 with Retry-After, not a 500 (clinic/errors.py).
+handler500 = "clinic.errors.server_error"
+
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

@@ -164,7 +164,6 @@ def _start(stack: Stack, settings: object) -> int:
     from django.db import OperationalError
 
     from training.serving import served_dir
-    from training.tasks import TRAINING_QUEUE
 
     bin_dir = Path(sys.executable).parent
     s = django_settings
@@ -221,7 +220,7 @@ def _start(stack: Stack, settings: object) -> int:
                                "--hostname", f"interactive-{os.getpid()}@%h"])
         stack.spawn("bulk-worker", [str(bin_dir / "celery"), "-A", "config", "worker",
                                     "--concurrency", "1", "--loglevel", "INFO",
-                                    "-Q", f"{s.BULK_QUEUE},{TRAINING_QUEUE}",
+                                    "-Q", f"{s.BULK_QUEUE},{s.TRAINING_QUEUE}",
                                     "--hostname", f"bulk-{os.getpid()}@%h"])
         # Each worker re-queues lost jobs when it starts; beat does it every few minutes.
         say("beat", f"starting Celery beat: the job reconciler every "

@@ -36,7 +36,7 @@ def test_bulk_work_goes_to_the_bulk_queue(task: Task) -> None:
 
 
 def test_training_has_a_queue_of_its_own() -> None:
-    assert run_training.queue == "training"
+    assert _queue_of(run_training) == "training"
 
 
 def test_a_worker_started_without_queues_consumes_all_three() -> None:

@@ -1,8 +1,8 @@
 """Celery task: a thin interface over the training service; it takes the run id, never data.
 
-On its own queue (`training`), so hours of training never hold up a clinician's deep consult or
-an export: start a worker with `celery -A config worker -Q training` (./run's worker listens to
-both queues).
+On its own queue (`training`, routed in settings.CELERY_TASK_ROUTES), so hours of training never
+hold up a clinician's deep consult or an export: start a worker with
+`celery -A config worker -Q training` (./run's bulk worker listens to it too).
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ from celery import shared_task
 
 from training import services
 
-TRAINING_QUEUE = "training"
-
 
 @shared_task(
     bind=True,
     name="training.tasks.run_training",
-    queue=TRAINING_QUEUE,
     # Redelivered if its worker dies; the run goes on from its latest checkpoint.
     acks_late=True,
     reject_on_worker_lost=True,

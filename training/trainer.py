@@ -218,6 +218,36 @@ def load_examples(data_dir: Path, method: str) -> list[dict[str, Any]]:
     return _read_jsonl(data_dir / "dpo.jsonl")
 
 
+# Answer tokens an SFT example keeps at the least; one whose prompt leaves fewer is dropped.
+MIN_ANSWER_TOKENS = 16
+
+
+def keep_answers_that_fit(examples: list[dict[str, Any]], tokenizer: Any,
+                          max_length: int) -> list[dict[str, Any]]:
+    """SFT examples whose prompt leaves room for at least MIN_ANSWER_TOKENS of the answer within
+    `max_length` (truncation cuts the end, which is the answer: the loss's only target).
+    TrainingError, with the length to ask for, when none is left."""
+    kept: list[dict[str, Any]] = []
+    longest = 0
+    for example in examples:
+        text = tokenizer.apply_chat_template(example["prompt"], tokenize=False,
+                                             add_generation_prompt=True)
+        prompt_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        longest = max(longest, prompt_tokens)
+        if prompt_tokens + MIN_ANSWER_TOKENS <= max_length:
+            kept.append(example)
+    if not kept:
+        raise TrainingError(
+            f"Every one of the {len(examples)} examples' prompts is too long for --max-length "
+            f"{max_length}: their answers would be cut off entirely (the longest prompt has "
+            f"{longest} tokens). Raise --max-length to at least {longest + 256}.")
+    if len(kept) < len(examples):
+        logger.warning("%d of %d examples dropped: their prompts leave no room for the answer "
+                       "within --max-length %d (the longest prompt has %d tokens)",
+                       len(examples) - len(kept), len(examples), max_length, longest)
+    return kept
+
+
 def train(*, method: str, base_model: Path, data_dir: Path, output_dir: Path,
           hyper: Hyperparameters, seed: int, resume: bool = True,
           on_progress: Callable[[Progress], None] | None = None,
@@ -247,6 +277,8 @@ def train(*, method: str, base_model: Path, data_dir: Path, output_dir: Path,
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if method == "sft":
+        examples = keep_answers_that_fit(examples, tokenizer, hyper.max_length)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     lora = LoraConfig(r=hyper.lora_r, lora_alpha=hyper.lora_alpha,
                       lora_dropout=hyper.lora_dropout, task_type="CAUSAL_LM",

@@ -12,6 +12,7 @@ from tests.faults.cases import (
     Lab,
     Outcome,
     case_model_server_killed_mid_stream,
+    case_postgres_restarted_mid_request,
     case_redis_restarted,
     case_same_ingest_file_twice,
     case_two_web_workers_20_quick_answers,
@@ -20,6 +21,8 @@ from tests.faults.cases import (
     case_worker_killed_evaluation,
     case_worker_killed_export,
     case_worker_killed_ingest,
+    case_worker_killed_training,
+    postgres_binaries,
 )
 
 pytestmark = [pytest.mark.redis]
@@ -50,6 +53,10 @@ def test_a_worker_killed_during_an_ingest(lab: Lab, fault_index_dir: Path) -> No
     _nothing_lost_nothing_twice(case_worker_killed_ingest(lab), "file done")
 
 
+def test_a_worker_killed_during_a_training_run(lab: Lab) -> None:
+    _nothing_lost_nothing_twice(case_worker_killed_training(lab), "complete")
+
+
 def test_redis_restarted_with_jobs_queued_and_running(lab: Lab) -> None:
     _nothing_lost_nothing_twice(case_redis_restarted(lab), "done, done, done, done")
 
@@ -58,6 +65,14 @@ def test_redis_restarted_with_jobs_queued_and_running(lab: Lab) -> None:
 def test_the_model_server_killed_mid_stream(lab: Lab, model_server: dict[str, str],
                                             tiny_index: Path) -> None:
     _nothing_lost_nothing_twice(case_model_server_killed_mid_stream(lab), "Failed")
+
+
+@pytest.mark.model_server
+@pytest.mark.skipif(postgres_binaries() is None,
+                    reason="PostgreSQL's server programs (initdb, pg_ctl) are not installed; "
+                    "install postgresql to restart a private cluster mid-request")
+def test_postgresql_restarted_mid_request(lab: Lab, model_server: dict[str, str]) -> None:
+    _nothing_lost_nothing_twice(case_postgres_restarted_mid_request(lab), "13/13 answered")
 
 
 @pytest.mark.model_server

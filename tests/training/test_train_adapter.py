@@ -137,6 +137,10 @@ def test_bad_inputs_get_a_sentence_saying_what_to_do(export_with_pairs, tiny, tm
         call_command("train_adapter", "--export", str(export_with_pairs), "--literature",
                      "none", "--base-model", str(tiny), "--target-modules", "no_such_proj",
                      "--max-steps", "1", stdout=StringIO())
+    with pytest.raises(CommandError, match=r"too long for --max-length 64.*at least \d+"):
+        call_command("train_adapter", "--export", str(export_with_pairs), "--literature",
+                     "none", "--base-model", str(tiny), "--max-length", "64", "--max-steps",
+                     "1", stdout=StringIO())
     sft = export_with_pairs / "sft.jsonl"
     sft.write_text(sft.read_text().replace("metformin", "metfornim"))
     with pytest.raises(CommandError, match="fails verification"):

@@ -65,3 +65,28 @@ def test_only_a_403_loses_its_traceback() -> None:
         ForbiddenWithoutTraceback().filter(record)
     assert records[403].exc_info is None
     assert records[500].exc_info is not None
+
+
+def test_a_database_outage_is_a_503_that_says_to_send_again(clinician: User) -> None:
+    from unittest import mock
+
+    from django.db import OperationalError
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=clinician)
+    client = Client(raise_request_exception=False)
+    client.force_login(clinician)
+    down = OperationalError("connection refused")
+    with mock.patch("clinic.api.consultation_history", side_effect=down):
+        api = client.get("/api/v1/consultations", HTTP_AUTHORIZATION=f"Token {token.key}")
+    with mock.patch("clinic.views.consultation_history", side_effect=down):
+        page = client.get("/history/")
+    assert api.status_code == 503 and api["Retry-After"] == "5"
+    message = api.json()["error"]
+    assert "send it again" in message and "connection refused" not in message
+    assert page.status_code == 503 and page["Retry-After"] == "5"
+    assert "Back in a moment" in page.content.decode() and "css/app.css" in page.content.decode()
+    with mock.patch("clinic.api.consultation_history", side_effect=RuntimeError("boom")):
+        other = client.get("/api/v1/consultations", HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert other.status_code == 500 and "logged" in other.json()["error"]
+    assert "Retry-After" not in other
