@@ -104,7 +104,9 @@ def ask(host: str, token: str, question: str, timeout: float) -> dict[str, Any]:
 def start_stack(port: int) -> subprocess.Popen[bytes]:
     env = {"TRAIN_ON_FIRST_RUN": "false", "BACKGROUND_CORPUS": "none", **os.environ,
            "WEB_PORT": str(port)}
-    log = open(Path(os.environ.get("VAR_DIR", ROOT / "var")) / "first_token_stack.log", "wb")
+    var_dir = Path(os.environ.get("VAR_DIR", ROOT / "var"))
+    var_dir.mkdir(parents=True, exist_ok=True)
+    log = open(var_dir / "first_token_stack.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "launcher.run"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=log, start_new_session=True)
     assert process.stdout is not None

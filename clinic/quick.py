@@ -698,13 +698,19 @@ async def _follow_local(consultation_id: int, snapshot: Event) -> AsyncIterator[
 
 
 async def _tail_database(consultation_id: int, sent: int) -> AsyncIterator[Event]:
-    """Another process is generating: relay what it saves until it finishes or goes stale."""
+    """Another process is generating: relay what it saves until it finishes or goes stale (the
+    evidence once it is stored, then the released sentences)."""
+    evidence_sent = False
     while True:
         await asyncio.sleep(TAIL_EVERY_SECONDS)
         consultation = await sync_to_async(Consultation.objects.get)(pk=consultation_id)
         if is_orphaned(consultation):
             return
         snapshot = await sync_to_async(consultation_snapshot)(consultation_id)
+        if snapshot["passages"] and not evidence_sent and not snapshot["finished"]:
+            evidence_sent = True
+            yield {"event": "passages", "data": snapshot}
+            yield {"event": "stage", "data": {"stage": "writing"}}
         text = snapshot["answer_text"]
         if len(text) < sent:
             # The other generator started the answer again (a cut-off stream): start over.

@@ -43,6 +43,11 @@ def warm_up() -> None:
         finished.set()
 
 
+def is_warming() -> bool:
+    """A warm-up was started in this process and has not ended yet."""
+    return _started.is_set() and not finished.is_set()
+
+
 def start_warm_up() -> bool:
     """Start the warm-up thread once per process (WARM_UP_ON_START); True if started now."""
     if not settings.WARM_UP_ON_START or _started.is_set():

@@ -496,3 +496,30 @@ def test_twenty_concurrent_questions_never_exceed_the_rate_limit(
 
     assert sorted(outcomes) == ["limited"] * 15 + ["stored"] * 5
     assert Consultation.objects.filter(user=clinician).count() == 5
+
+
+def test_a_page_served_by_another_process_gets_the_evidence_then_the_sentences(
+        transactional_db: None, clinician: User) -> None:
+    """The stream of a web process that is not the generator tails the database: the evidence
+    list once the generator has stored it, then each released sentence."""
+    consultation = Consultation.objects.create(user=clinician, question=QUESTION)
+    token = quick.claim(consultation.pk)  # the generator, in "another process": no channel here
+    assert token is not None
+    quick.store_passages_fenced(consultation.pk, token, _prepared())
+    quick.save_released(consultation.pk, token, f"{SUPPORTED} ")
+
+    async def first_events(count: int) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        async for event in quick._tail_database(consultation.pk, 0):
+            events.append(event)
+            if len(events) == count:
+                break
+        return events
+
+    events = async_to_sync(first_events)(3)
+    assert [event["event"] for event in events] == ["passages", "stage", "sentence"]
+    assert [p["pmid"] for p in events[0]["data"]["passages"]] == [
+        p.pmid for p in _prepared().passages]
+    assert events[1]["data"] == {"stage": "writing"}
+    assert events[2]["data"]["text"] == f"{SUPPORTED} "
+    connections.close_all()

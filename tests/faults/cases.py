@@ -729,8 +729,8 @@ def case_worker_killed_ingest(lab: Lab) -> Outcome:
 
 
 def case_worker_killed_training(lab: Lab) -> Outcome:
-    """Killed after its second logged step (a checkpoint every step): the run goes on from
-    the latest checkpoint on another worker and registers one candidate model."""
+    """Killed in its second step (a checkpoint every step): the run goes on from checkpoint-1
+    on another worker, ends at step 4 and registers one candidate model."""
     from modelsvc.models import ServedModel
     from review.exports import run_export_batch
     from review.models import ExportBatch
@@ -770,7 +770,9 @@ def case_worker_killed_training(lab: Lab) -> Outcome:
 
     env = {"TRAINING_DIR": str(settings.TRAINING_DIR)}
     task, pk = _kill_then_recover(
-        lab, outcome, stall=("training.services:_record_progress", 2), queues="training",
+        # Progress is recorded at step 1's end and at each logged step: the third record is
+        # step 2's log, after checkpoint-1 is saved and before checkpoint-2.
+        lab, outcome, stall=("training.services:_record_progress", 3), queues="training",
         start=start, age_rows=lambda: lab.pass_time(TrainingRun.objects.filter(pk=holder["r"].pk)),
         finished=lambda: current().is_finished, env=env)
     run = current()
@@ -778,6 +780,8 @@ def case_worker_killed_training(lab: Lab) -> Outcome:
     if run.status != TrainingRun.Status.COMPLETE:
         outcome.lose(f"training run {pk} ended {run.status}: {run.error_message}")
     outcome.note(f"resumed from step {run.resumed_from_step}, {run.step} steps")
+    if run.status == TrainingRun.Status.COMPLETE and not run.resumed_from_step:
+        outcome.duplicate("the run started over instead of going on from its checkpoint")
     candidates = ServedModel.objects.count() - models_before
     outcome.duplicate(f"{candidates} candidate models registered", candidates - 1)
     if run.status == TrainingRun.Status.COMPLETE and run.step != 4:
