@@ -1,9 +1,8 @@
 """/healthz says the process is up; /readyz says whether every dependency answers.
 
 /healthz touches nothing (no database, Redis or model server): a load balancer may call it as
-often as it likes. /readyz runs five cheap checks (``SELECT 1``, a Redis PING, the model
-server's ``GET /v1/models``, the loaded literature index, and whether this process has finished
-loading its models at start), never a model completion, and
+often as it likes. /readyz runs four cheap checks (``SELECT 1``, a Redis PING, the model
+server's ``GET /v1/models`` and the loaded literature index), never a model completion, and
 keeps the result for ``CACHE_SECONDS`` so a burst of probes costs one round of checks per
 process. Its body never holds a URL, a host name or a credential: an anonymous caller sees
 only whether each part is ready; a staff user also sees latencies, safe details and, for a
@@ -30,7 +29,6 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from clinic import warmup
 from clinic.roles import is_admin
 from modelsvc.client import ClientConfig
 from retrieval.index_store import current_status
@@ -114,21 +112,11 @@ def _check_index() -> dict[str, Any]:
                                              "embedding_model", "built_at", "on_gpu")}
 
 
-def _check_warm_up() -> dict[str, Any]:
-    """This process has loaded what a question needs (clinic/warmup.py), or loads nothing at
-    start (a process that never started a warm-up, or WARM_UP_ON_START off)."""
-    if warmup.is_warming():
-        raise CheckFailed("This web process is still loading the embedding model, the index "
-                          "and the claim verifier; it is ready in a few seconds.")
-    return {"warmed_up": warmup.finished.is_set()}
-
-
 CHECKS: dict[str, Callable[[], dict[str, Any]]] = {
     "database": _check_database,
     "redis": _check_redis,
     "model_server": _check_model_server,
     "index": _check_index,
-    "warm_up": _check_warm_up,
 }
 
 

@@ -1,25 +1,24 @@
 """Warm-up at web start: load what the first question needs (the embedding model, the
-literature index, the claim verifier) in a background thread, so the first clinician's first
-token does not wait tens of seconds for it. The server answers /healthz at once meanwhile; a
-question that comes before the warm-up ends waits for the same loads (each is loaded once,
-under a lock)."""
+literature index, the claim verifier) during the ASGI lifespan start-up (config/asgi.py), so a
+web process accepts connections only once it is ready to answer at full speed, and the first
+clinician's first token does not wait tens of seconds for a model load."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 import time
+from typing import Any
 
 from django.conf import settings
 from django.db import connections
 
 logger = logging.getLogger(__name__)
 
-_started = threading.Event()
-finished = threading.Event()
 
-
-def warm_up() -> None:
+def warm_up() -> bool:
+    """Load the models now; True if all loaded. A failure is logged, never raised: the first
+    question then loads what failed here, and says why if it fails again."""
     from modelsvc.verifier import configured_engine, get_verifier
     from retrieval.embedding import embed_query
     from retrieval.errors import RetrievalError
@@ -35,23 +34,23 @@ def warm_up() -> None:
         if configured_engine() == "cross-encoder":
             get_verifier()
         logger.info("warm-up done in %.1fs", time.monotonic() - began)
-    except Exception:  # the first question loads whatever failed here, and says why
+        return True
+    except Exception:
         logger.warning("warm-up failed; the first question loads the models instead",
                        exc_info=True)
+        return False
     finally:
         connections.close_all()
-        finished.set()
 
 
-def is_warming() -> bool:
-    """A warm-up was started in this process and has not ended yet."""
-    return _started.is_set() and not finished.is_set()
-
-
-def start_warm_up() -> bool:
-    """Start the warm-up thread once per process (WARM_UP_ON_START); True if started now."""
-    if not settings.WARM_UP_ON_START or _started.is_set():
-        return False
-    _started.set()
-    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
-    return True
+async def lifespan(receive: Any, send: Any) -> None:
+    """The ASGI lifespan protocol: warm up (WARM_UP_ON_START) before start-up completes."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            if settings.WARM_UP_ON_START:
+                await asyncio.to_thread(warm_up)
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

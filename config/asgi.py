@@ -1,11 +1,21 @@
+"""The ASGI application: Django for HTTP, plus the lifespan start-up that loads what a question
+needs (the embedding model, the index, the verifier) before the server accepts a connection,
+so no clinician's first question waits for it (clinic/warmup.py; WARM_UP_ON_START). A server
+started with `--lifespan off` skips it and loads them on the first question instead."""
+
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-application = get_asgi_application()
+django_application = get_asgi_application()
 
-# Load the embedding model, the index and the verifier now, not on the first question.
-from clinic.warmup import start_warm_up  # noqa: E402 (needs the settings configured above)
+from clinic.warmup import lifespan  # noqa: E402 (needs the settings configured above)
 
-start_warm_up()
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+    else:
+        await django_application(scope, receive, send)

@@ -206,17 +206,3 @@ def test_an_unexpected_error_becomes_a_sentence_without_its_text(
 def test_urls_are_cut_from_any_sentence() -> None:
     assert health._safe("see rediss://u:p@host:6380/0 now") == "see <url> now"
 
-
-def test_a_process_still_warming_up_is_not_ready_until_its_models_are_loaded(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from clinic import warmup
-
-    monkeypatch.setattr(warmup, "_started", threading.Event())
-    monkeypatch.setattr(warmup, "finished", threading.Event())
-    assert health.run_checks().checks["warm_up"]["ready"] is True  # never started: nothing to wait
-    warmup._started.set()
-    warming = health.run_checks().checks["warm_up"]
-    assert warming["ready"] is False and "still loading" in warming["error"]
-    warmup.finished.set()
-    warm = health.run_checks().checks["warm_up"]
-    assert warm["ready"] is True and warm["warmed_up"] is True

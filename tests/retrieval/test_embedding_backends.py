@@ -88,3 +88,45 @@ def test_unavailable_backend_falls_back_to_torch_with_a_warning(
     assert not (Path(fresh.MODEL_CACHE_DIR) / "embedding-onnx").exists()
     vectors = embedding.embed_texts(SENTENCES[:2])
     assert vectors.shape == (2, embedding.embedding_dimension())
+
+
+@pytest.mark.skipif(not embedding.cpu_has_bf16(),
+                    reason="this CPU has no bfloat16 arithmetic (AVX512_BF16 or AMX); "
+                    "torch-bf16 falls back to fp32 torch here (tested below)")
+def test_bf16_runs_the_model_in_bfloat16_and_agrees_with_fp32(fresh: SettingsWrapper) -> None:
+    import torch
+
+    fresh.EMBEDDING_BACKEND = "torch"
+    reference = embedding.embed_texts(SENTENCES)
+    fresh.EMBEDDING_BACKEND = "torch-bf16"
+    assert embedding.backend_in_use() == "torch-bf16"
+    assert next(embedding.get_embedder().parameters()).dtype == torch.bfloat16
+    vectors = embedding.embed_texts(SENTENCES)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * reference).sum(axis=1)
+    assert cosines.min() >= 0.99, cosines
+    assert (vectors @ reference.T).argmax(axis=1).tolist() == list(range(len(SENTENCES)))
+
+
+def test_bf16_on_a_cpu_without_it_is_fp32_torch_with_a_warning(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import torch
+
+    monkeypatch.setattr(embedding, "cpu_has_bf16", lambda: False)
+    fresh.EMBEDDING_BACKEND = "torch-bf16"
+    with caplog.at_level(logging.WARNING, logger="retrieval.embedding"):
+        assert embedding.backend_in_use() == "torch"
+    assert any("needs a CPU with bfloat16" in r.getMessage() for r in caplog.records)
+    assert next(embedding.get_embedder().parameters()).dtype == torch.float32
+
+
+def test_auto_is_bf16_where_the_cpu_has_it_and_onnx_elsewhere(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh.EMBEDDING_BACKEND = "auto"
+    monkeypatch.setattr(embedding, "cpu_has_bf16", lambda: True)
+    assert embedding.resolved_backend() == "torch-bf16"
+    monkeypatch.setattr(embedding, "cpu_has_bf16", lambda: False)
+    assert embedding.resolved_backend() == "onnx"
+    assert embedding.backend_in_use() == "onnx"
