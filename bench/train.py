@@ -366,9 +366,11 @@ def stage_eval(args: argparse.Namespace, data: dict[str, Any], trained: dict[str
     if not (args.out / "ingest.done").exists():
         manage("ingest", str(args.data))
         (args.out / "ingest.done").write_text(str(args.data))
-    models = {"base": str(env["base"])}
+    models = {}
     if trained is not None:
+        # The adapter first: on a machine about to be reclaimed its figure is the new one.
         models["adapter"] = trained["registry_name"]
+    models["base"] = str(env["base"])
     runs: dict[str, dict[str, Any]] = {}
     with ExitStack() as stack:
         pending = [(suite, label) for suite in ("pubmedqa", "mirage") for label in models
