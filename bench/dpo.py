@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train as shared  # noqa: E402  (bench/train.py: the environment, manage.py, servers)
 
 ROOT = shared.ROOT
+say = shared.say
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -60,18 +61,19 @@ def correction_text(long_answer: str, max_sentences: int = 2) -> str:
     return " ".join(sentences[:max_sentences])
 
 
-def accounts() -> tuple[Any, list[Any]]:
+def account(name: str, role: str) -> Any:
     from django.contrib.auth.models import Group, User
 
+    user, _ = User.objects.get_or_create(username=name)
+    user.groups.add(Group.objects.get_or_create(name=role)[0])
+    return user
+
+
+def accounts() -> tuple[Any, list[Any]]:
     from clinic.roles import CLINICIAN, REVIEWER
 
-    def user(name: str, role: str) -> Any:
-        account, _ = User.objects.get_or_create(username=name)
-        account.groups.add(Group.objects.get_or_create(name=role)[0])
-        return account
-
-    return user("bench-clinician", CLINICIAN), [user(f"bench-reviewer-{n}", REVIEWER)
-                                                for n in (1, 2, 3)]
+    return account("bench-clinician", CLINICIAN), [account(f"bench-reviewer-{n}", REVIEWER)
+                                                   for n in (1, 2, 3)]
 
 
 # --- answers and reviews -----------------------------------------------------------------------
@@ -278,14 +280,11 @@ def release_phi_holds() -> int:
     """The PHI gate holds items whose text it is unsure of (here: published abstracts, names of
     trials and places). A bench admin releases them as the gate de-identified them, through the
     same service the admin page uses; the count is reported."""
-    from django.contrib.auth.models import Group, User
-
     from clinic.roles import ADMIN
     from review.models import ReviewItem
     from review.services import phi_clearance_record
 
-    admin, _ = User.objects.get_or_create(username="bench-admin")
-    admin.groups.add(Group.objects.get_or_create(name=ADMIN)[0])
+    admin = account("bench-admin", ADMIN)
     held = list(ReviewItem.objects.filter(phi_status=ReviewItem.PhiStatus.HELD)
                 .values_list("pk", flat=True))
     for item_id in held:
@@ -358,10 +357,6 @@ def report(args: argparse.Namespace, reviews: dict[str, Any], trained: dict[str,
     comparison = compare_runs(EvalRun.objects.get(pk=runs["adapter"]["id"]),
                               EvalRun.objects.get(pk=runs["base"]["id"]))
     print(f"gate (reviewed): {comparison['verdict']}: {comparison.get('reason', '')}")
-
-
-def say(message: str) -> None:
-    shared.say(message)
 
 
 def main() -> None:
