@@ -492,6 +492,12 @@ EVAL_GATE_MARGIN = env_float("EVAL_GATE_MARGIN", 0.02, minimum=0.0, maximum=0.5,
                              "proportion (0.02 = 2 points): a candidate passes a suite only "
                              "if the 95% interval of (candidate - serving) accuracy lies "
                              "wholly above -margin.")
+EVAL_GATE_ABOVE_MAJORITY = env_bool(
+    "EVAL_GATE_ABOVE_MAJORITY", True,
+    help="On suites whose answers are labels (PubMedQA's yes/no/maybe, MIRAGE's options), the "
+    "gate also refuses a candidate whose accuracy is not above the majority baseline "
+    "(answering the commonest gold label to every question): such a model has learnt the "
+    "label prior, not the task.")
 
 # --- Training adapters ---------------------------------------------------------------------
 TRAINING_DIR = Path(env_str("TRAINING_DIR", str(VAR_DIR / "training"),

@@ -6,9 +6,13 @@ accuracy must lie above -EVAL_GATE_MARGIN (0.02 = 2 points). A candidate that me
 *shown* to be worse does not pass: too few questions give an interval wide enough to hide any
 regression, so each run also needs EVAL_GATE_MIN_ITEMS scored questions (a `--limit 5` run is
 refused with a sentence saying so). Accuracy here is `accuracy_all` (unparseable answers count
-as not correct), the conservative figure. Runs must be on the same data (same hash) to be
-compared at all. The reviewed suite counts once the review queue's held-out split has enough
-items. An admin may override a refusal with a reason; every decision is stored.
+as not correct), the conservative figure. On suites whose answers are labels, a candidate must
+also score above the majority baseline (EVAL_GATE_ABOVE_MAJORITY): a model that answers "yes"
+to everything matches the always-"yes" accuracy and may well be non-inferior to a base model
+that answers "no" to everything, yet it has learnt nothing of the task. Runs must be on the
+same data (same hash) to be compared at all. The reviewed suite counts once the review queue's
+held-out split has enough items. An admin may override a refusal with a reason; every
+decision is stored.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ def gate_rules() -> dict[str, Any]:
     """What the gate asks, for the pages that show its verdict."""
     return {"suites": gate_suites(), "min_items": settings.EVAL_GATE_MIN_ITEMS,
             "margin": settings.EVAL_GATE_MARGIN,
-            "margin_points": round(settings.EVAL_GATE_MARGIN * 100, 2)}
+            "margin_points": round(settings.EVAL_GATE_MARGIN * 100, 2),
+            "above_majority": settings.EVAL_GATE_ABOVE_MAJORITY}
 
 
 def reviewed_suite_size() -> int:
@@ -78,6 +83,31 @@ def latest_run(served_model: Any, suite: str) -> EvalRun | None:
 
 def _accuracy(run: EvalRun) -> dict[str, Any]:
     return dict((run.metrics.get("headline") or {}).get("accuracy_all") or {})
+
+
+def _labels(run: EvalRun) -> dict[str, Any] | None:
+    return (run.metrics.get("headline") or {}).get("labels")
+
+
+def no_better_than_majority(run: EvalRun) -> str | None:
+    """The sentence refusing a run whose accuracy is not above its majority baseline (answering
+    the commonest gold label to every question), else None (also where answers are not
+    labels)."""
+    labels, accuracy = _labels(run), _accuracy(run)
+    if not labels or accuracy.get("value") is None:
+        return None
+    majority = labels["majority"]
+    if accuracy["value"] > majority["value"]:
+        return None
+    recalls = ", ".join(f"{label} {block['value']:.0%}"
+                        for label, block in labels["recall"].items())
+    top = labels.get("top_prediction")
+    said = (f"; it answered \"{top['label']}\" to {top['share']:.0%} of the questions it "
+            "answered" if top else "")
+    return (f"{run.suite}: run {run.pk}'s accuracy {accuracy['value']:.1%} is not above the "
+            f"{majority['value']:.1%} of answering \"{majority['label']}\" to every question "
+            f"(recall per gold label: {recalls}{said}). A model no better than the label "
+            "prior has not learnt the task; train on a label-balanced set.")
 
 
 def too_few_items(run: EvalRun, minimum: int) -> str | None:
@@ -131,9 +161,16 @@ def compare_runs(candidate: EvalRun, serving: EvalRun) -> dict[str, Any]:
                f"{b['value']:.1%} ({a['n']} and {b['n']} questions), difference "
                f"{difference:+.1%} (95% CI {low:+.1%} to {high:+.1%})")
     bound = f"the margin of -{margin * 100:.1f} points"
+    labels = _labels(candidate)
+    if labels:
+        comparison.update(candidate_labels=labels, serving_labels=_labels(serving))
+    prior = no_better_than_majority(candidate) if settings.EVAL_GATE_ABOVE_MAJORITY else None
     if high < 0:
         comparison.update(verdict="worse", reason=(
             f"{figures}: below zero beyond the confidence interval."))
+    elif prior:
+        comparison.update(verdict="no better than the majority label",
+                          reason=f"{figures}. But {prior}")
     elif low > -margin:
         comparison.update(verdict="non-inferior", reason=(
             f"{figures}: the interval's lower end is above {bound}."))

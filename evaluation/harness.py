@@ -551,7 +551,8 @@ def result_rows(run: EvalRun) -> list[Row]:
     for result in run.results.all().only(
             "item_id", "outcome", "condition", "subset", "gold_rank", "gold_pmids",
             "gold_cited", "cited_passages", "supporting_citations", "claims", "abstained",
-            "prompt_tokens", "completion_tokens", "cost", "latency_ms", "score"):
+            "prompt_tokens", "completion_tokens", "cost", "latency_ms", "score", "gold",
+            "predicted"):
         claims = result.claims or []
         rows.append(Row(
             item_id=result.item_id, outcome=result.outcome, condition=result.condition,
@@ -562,7 +563,8 @@ def result_rows(run: EvalRun) -> list[Row]:
             supported_claims=sum(1 for c in claims if c.get("supported")),
             abstained=result.abstained, prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens, cost=float(result.cost),
-            latency_ms=float(result.latency_ms), score=result.score))
+            latency_ms=float(result.latency_ms), score=result.score, gold=result.gold or "",
+            predicted=result.predicted or ""))
     return rows
 
 

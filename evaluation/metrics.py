@@ -7,6 +7,11 @@ Conventions, so figures mean the same thing on every page:
   the promotion gate compares, since an unreadable answer helps nobody.
 - Intervals are Wilson score intervals at 95%; differences between runs use Newcombe's method
   built on them.
+- Where the gold answers are labels (PubMedQA's yes/no/maybe, MIRAGE's options), each block
+  also has `labels`: recall per gold label, what the model predicted, balanced accuracy (the
+  mean of the recalls) and the majority baseline (answering the commonest gold label to every
+  question). A model that says one label to everything scores the majority baseline, which
+  accuracy alone hides.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 
 Z_95 = 1.959963984540054
 RECALL_KS = (1, 3, 5, 10)
+# Gold answers with more distinct values than this are free text, not labels.
+MAX_LABELS = 10
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -94,6 +101,40 @@ class Row:
     cost: float = 0.0
     latency_ms: float = 0.0
     score: float | None = None
+    gold: str = ""
+    predicted: str = ""
+
+
+def label_metrics(rows: Sequence[Row]) -> dict[str, Any] | None:
+    """Per-label recall, predictions and the majority baseline; None unless every row has a
+    gold label and there are between 2 and MAX_LABELS of them. Errors count as questions (as
+    in `accuracy_all`); an unparseable answer is a miss for its gold label."""
+    if not rows or any(not row.gold for row in rows):
+        return None
+    gold_counts: dict[str, int] = defaultdict(int)
+    hits: dict[str, int] = defaultdict(int)
+    predicted: dict[str, int] = defaultdict(int)
+    for row in rows:
+        gold_counts[row.gold] += 1
+        if row.outcome == "correct":
+            hits[row.gold] += 1
+        if row.outcome in ("correct", "wrong") and row.predicted:
+            predicted[row.predicted] += 1
+    if not 2 <= len(gold_counts) <= MAX_LABELS:
+        return None
+    recall = {label: proportion(hits[label], n) for label, n in sorted(gold_counts.items())}
+    majority = max(sorted(gold_counts), key=lambda label: gold_counts[label])
+    parsed = sum(predicted.values())
+    top = max(sorted(predicted), key=lambda label: predicted[label]) if parsed else None
+    return {
+        "gold": dict(sorted(gold_counts.items())),
+        "recall": recall,
+        "balanced_accuracy": sum(block["value"] for block in recall.values()) / len(recall),
+        "predicted": dict(sorted(predicted.items())),
+        "top_prediction": ({"label": top, "share": predicted[top] / parsed}
+                           if top is not None else None),
+        "majority": {"label": majority, **proportion(gold_counts[majority], len(rows))},
+    }
 
 
 def _accuracy_block(rows: Sequence[Row]) -> dict[str, Any]:
@@ -113,6 +154,7 @@ def _accuracy_block(rows: Sequence[Row]) -> dict[str, Any]:
         "abstention_rate": proportion(sum(1 for row in rows if row.abstained), len(rows)),
         "accuracy_when_answering": proportion(
             sum(1 for row in answered if row.outcome == "correct"), len(answered)),
+        "labels": label_metrics(rows),
     }
 
 

@@ -15,7 +15,7 @@ from evaluation.gate import PromotionRefused, check_gate, promote
 from evaluation.models import EvalRun, PromotionDecision
 from evaluation.suites import EvalItem
 from modelsvc.models import ServedModel, ServedModelFrozen
-from tests.evaluation.factories import make_run
+from tests.evaluation.factories import make_labelled_run, make_run
 
 
 @pytest.fixture
@@ -126,6 +126,52 @@ def test_a_wider_margin_from_the_settings_lets_the_same_runs_pass(
     gate = check_gate(candidate)
     assert gate.passed and gate.margin == 0.10
     assert gate.comparisons[0]["verdict"] == "non-inferior"
+
+
+# PubMedQA*'s held-out half as measured for issue 16: 140 yes, 87 no, 23 maybe.
+GOLD = ["yes"] * 140 + ["no"] * 87 + ["maybe"] * 23
+
+
+def test_a_candidate_that_says_yes_to_everything_is_refused_though_non_inferior(
+        gate_on_pubmedqa: None, serving: ServedModel, candidate: ServedModel,
+        admin_user: User) -> None:
+    make_labelled_run(served_model=serving, gold=GOLD, predicted=["no"] * 250)  # 34.8%
+    make_labelled_run(served_model=candidate, gold=GOLD, predicted=["yes"] * 250)  # 56.0%
+
+    with pytest.raises(PromotionRefused) as refused:
+        promote(candidate, user=admin_user)
+
+    assert ('not above the 56.0% of answering "yes" to every question' in refused.value.message)
+    assert "recall per gold label: maybe 0%, no 0%, yes 100%" in refused.value.message
+    candidate.refresh_from_db()
+    assert candidate.status == "candidate"
+    [comparison] = PromotionDecision.objects.get().comparisons
+    assert comparison["verdict"] == "no better than the majority label"
+    assert comparison["ci_low"] > 0  # accuracy alone would have called it better
+    assert comparison["candidate_labels"]["predicted"] == {"yes": 250}
+
+
+def test_a_candidate_above_the_majority_baseline_is_promoted(
+        gate_on_pubmedqa: None, serving: ServedModel, candidate: ServedModel,
+        admin_user: User) -> None:
+    make_labelled_run(served_model=serving, gold=GOLD, predicted=["no"] * 250)
+    reads = ["yes"] * 112 + ["no"] * 28 + ["no"] * 61 + ["yes"] * 26 + ["yes"] * 23
+    run = make_labelled_run(served_model=candidate, gold=GOLD, predicted=reads)  # 69.2%
+    assert run.metrics["headline"]["accuracy_all"]["value"] == pytest.approx(173 / 250)
+
+    decision = promote(candidate, user=admin_user)
+
+    assert decision.promoted and decision.comparisons[0]["verdict"] == "non-inferior"
+
+
+def test_the_majority_rule_can_be_turned_off(
+        gate_on_pubmedqa: None, serving: ServedModel, candidate: ServedModel,
+        settings: Any) -> None:
+    settings.EVAL_GATE_ABOVE_MAJORITY = False
+    make_labelled_run(served_model=serving, gold=GOLD, predicted=["no"] * 250)
+    make_labelled_run(served_model=candidate, gold=GOLD, predicted=["yes"] * 250)
+    gate = check_gate(candidate)
+    assert gate.passed and gate.comparisons[0]["verdict"] == "non-inferior"
 
 
 def _limited(run: EvalRun, limit: int) -> EvalRun:

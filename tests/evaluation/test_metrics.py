@@ -8,6 +8,7 @@ from evaluation.extraction import parse_choice
 from evaluation.metrics import (
     Row,
     difference_interval,
+    label_metrics,
     percentile,
     recall_at_k,
     run_metrics,
@@ -76,6 +77,31 @@ def test_run_metrics_on_a_small_fixture() -> None:
     assert metrics["tokens_per_question"] == {"prompt": 250, "completion": 25}
     assert metrics["cost_per_question"] == pytest.approx(0.005)
     assert metrics["latency_ms"] == {"p50": 250, "p95": pytest.approx(385)}
+
+
+def test_per_label_recall_shows_a_model_that_says_one_label_to_everything() -> None:
+    # Gold: 3 yes, 2 no, 1 maybe. The model says "yes" to all it answers; one is unreadable.
+    gold = ["yes", "yes", "yes", "no", "no", "maybe"]
+    said = ["yes", "yes", "", "yes", "yes", "yes"]
+    rows = [Row(f"q{n}", "unparseable" if not p else "correct" if p == g else "wrong",
+                gold=g, predicted=p) for n, (g, p) in enumerate(zip(gold, said, strict=True))]
+    labels = label_metrics(rows)
+    assert labels is not None
+    assert labels["gold"] == {"maybe": 1, "no": 2, "yes": 3}
+    assert {k: v["value"] for k, v in labels["recall"].items()} == {
+        "maybe": 0.0, "no": 0.0, "yes": pytest.approx(2 / 3)}
+    assert labels["balanced_accuracy"] == pytest.approx(2 / 9)
+    assert labels["predicted"] == {"yes": 5}
+    assert labels["top_prediction"] == {"label": "yes", "share": 1.0}
+    assert labels["majority"]["label"] == "yes"
+    assert labels["majority"]["value"] == 0.5  # 3 of 6
+    assert run_metrics(rows)["headline"]["labels"] == labels
+
+
+def test_free_text_and_single_label_gold_have_no_label_figures() -> None:
+    assert label_metrics([Row("a", "correct", gold="yes", predicted="yes")]) is None
+    assert label_metrics([Row(str(n), "wrong", gold=f"answer {n}") for n in range(11)]) is None
+    assert label_metrics([Row("a", "correct", gold="yes"), Row("b", "wrong")]) is None
 
 
 def test_retrieval_gain_per_subset() -> None:

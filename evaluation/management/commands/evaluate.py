@@ -118,6 +118,14 @@ def format_summary(run: EvalRun) -> str:
         for subset, sub in block.get("subsets", {}).items():
             lines.append(f"    {subset}: {_pct(sub['accuracy'])}, {sub['unparseable']} "
                          "unparseable")
+        labels = block.get("labels")
+        if labels:
+            lines.append("    recall per gold label " + ", ".join(
+                f"{label} {_pct(r)}" for label, r in labels["recall"].items())
+                + f"; balanced accuracy {labels['balanced_accuracy']:.1%}; predicted "
+                + (", ".join(f"{label} {n}" for label, n in labels["predicted"].items()) or "-")
+                + f"; always \"{labels['majority']['label']}\" would score "
+                + _pct(labels["majority"]))
         if "recall" in block:
             lines.append("    recall " + ", ".join(
                 f"{k} {v:.1%}" for k, v in block["recall"].items() if v is not None)
