@@ -168,7 +168,8 @@ def stage_data(args: argparse.Namespace) -> dict[str, Any]:
               "agrees" if label == item["final_decision"] else "differs"] += 1
 
     manage("migrate", "--noinput", "-v", "0")
-    name = f"bench-{args.seed}-{args.heldout}-{args.train}-" + hashlib.sha256(
+    name = f"bench-{args.seed}-{args.heldout}-{args.train}-" + (
+        "balanced-" if args.balance_labels else "") + hashlib.sha256(
         str(args.out.resolve()).encode()).hexdigest()[:6]
     if not TrainingSet.objects.filter(name=name).exists():
         options = ["train_adapter", "--set-only", "--name", name, "--literature", "files",
@@ -177,6 +178,8 @@ def stage_data(args: argparse.Namespace) -> dict[str, Any]:
             options += ["--literature-file", str(medline)]
         options += ["--decontaminate", str(held_out_file), "--decontaminate",
                     str(args.literature_dir / "exam" / "mirage_medmcqa_mmlu.json")]
+        if args.balance_labels:
+            options.append("--balance-labels")
         manage(*options)
     training_set = TrainingSet.objects.get(name=name)
     sft = [json.loads(line) for line in
@@ -452,6 +455,14 @@ def report(args: argparse.Namespace, data: dict[str, Any], trained: dict[str, An
               f"{summary['wall_seconds'] or 0:>5.0f}s")
     print(f"{'majority baseline (always ' + repr(majority) + ')':<44} {data['held_out']:>4}  "
           f"{pct(majority_block):<32}")
+    for label in labels:
+        per_label = blocks[label].get("labels")
+        if per_label:
+            print(f"{label}: recall per gold label " + ", ".join(
+                f"{gold} {block['successes']}/{block['n']}"
+                for gold, block in per_label["recall"].items())
+                + f"; balanced accuracy {per_label['balanced_accuracy']:.1%}; predicted "
+                + str(per_label["predicted"]))
     if len(labels) < 2:
         return
     base, adapter = blocks["base"]["accuracy_all"], blocks["adapter"]["accuracy_all"]
@@ -499,6 +510,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=250)
     parser.add_argument("--train", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--balance-labels", action="store_true",
+                        help="train_adapter --balance-labels: cap the commonest answer label "
+                        "of the training set at the count of the second commonest.")
     parser.add_argument("--model", choices=sorted(MODEL_FOLDERS), default="smollm2")
     parser.add_argument("--base-model", type=Path, help="A model folder instead of --model.")
     parser.add_argument("--model-port", type=int, help="Port of the model server started for "

@@ -278,13 +278,40 @@ def _export_candidates(fmt: str, manifest: dict[str, Any], records: list[dict[st
     return candidates
 
 
+ANSWER_LABELS = ("yes", "no", "maybe")
+
+
+def balance_labels(candidates: list[_Candidate]) -> tuple[list[_Candidate], dict[str, Any]]:
+    """Cap each answer label of the literature examples at the count of the second commonest,
+    keeping the examples first in sha256("balance:" + id) order (deterministic, unrelated to
+    the label). An adapter trained on 246 "yes" against 87 "no" learnt to say "yes" to
+    everything (issue 16); other examples are kept as they are."""
+    labelled: dict[str, list[_Candidate]] = {label: [] for label in ANSWER_LABELS}
+    for candidate in candidates:
+        if candidate.source == "literature" and candidate.label in labelled:
+            labelled[candidate.label].append(candidate)
+    counts = sorted((len(group) for group in labelled.values()), reverse=True)
+    cap = counts[1]
+    dropped: set[int] = set()
+    for group in labelled.values():
+        ordered = sorted(group, key=lambda c: hashlib.sha256(
+            f"balance:{c.ident}".encode()).hexdigest())
+        dropped.update(id(candidate) for candidate in ordered[cap:])
+    kept = [candidate for candidate in candidates if id(candidate) not in dropped]
+    info = {"rule": "each answer label capped at the count of the second commonest",
+            "cap": cap, "before": {label: len(group) for label, group in labelled.items()},
+            "after": {label: min(len(group), cap) for label, group in labelled.items()}}
+    return kept, info
+
+
 def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
            literature: Iterable[LiteratureSource] | None = None, literature_origin: str = "",
-           limits: Limits | None = None,
-           decontaminate: list[Path] | None = None) -> CuratedSet:
+           limits: Limits | None = None, decontaminate: list[Path] | None = None,
+           balance: bool = False) -> CuratedSet:
     """Write sft.jsonl, dpo.jsonl and card.json into out_dir. Raises TrainingDataError.
     `decontaminate`: PubMedQA- or MIRAGE-format files whose questions (and PMIDs) are never
-    trained on; default every evaluation suite's files (the review eval split always)."""
+    trained on; default every evaluation suite's files (the review eval split always).
+    `balance`: cap the literature examples' answer labels (`balance_labels`)."""
     limits = limits or Limits()
     threshold = settings.EXPORT_NEAR_DUPLICATE_JACCARD
     benchmarks, pubmedqa_pmids, decontaminated = _decontamination(
@@ -335,6 +362,14 @@ def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
                 filters.dropped[f"literature: {reason}"] += 1
             else:
                 kept["sft"].append(candidate)
+        if balance:
+            before = Counter(c.label for c in kept["sft"] if c.source == "literature")
+            kept["sft"], literature_info["balanced"] = balance_labels(kept["sft"])
+            after = Counter(c.label for c in kept["sft"] if c.source == "literature")
+            for label in ANSWER_LABELS:
+                if before[label] > after[label]:
+                    filters.dropped[f"literature: label balance ({label})"] += (
+                        before[label] - after[label])
 
     if not kept["sft"] and not kept["dpo"]:
         raise TrainingDataError(

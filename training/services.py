@@ -58,10 +58,12 @@ def training_set_create(*, name: str = "", export_dir: Path | None = None,
                         export_batch_id: int | None = None, literature: str = "index",
                         literature_files: list[Path] | None = None,
                         limits: Limits | None = None,
-                        decontaminate: list[Path] | None = None) -> TrainingSet:
+                        decontaminate: list[Path] | None = None,
+                        balance_labels: bool = False) -> TrainingSet:
     """Curate a training set into TRAINING_DIR/sets/<name>. `literature`: "index" (articles of
     the indexed corpus), "files" (literature_files read in place) or "none". `decontaminate`:
-    evaluation files never trained on instead of every suite's (see curation.curate)."""
+    evaluation files never trained on instead of every suite's (see curation.curate).
+    `balance_labels`: cap the literature examples' yes/no/maybe labels (curation)."""
     batch = None
     if export_batch_id is not None:
         batch = ExportBatch.objects.filter(pk=export_batch_id).first()
@@ -84,7 +86,7 @@ def training_set_create(*, name: str = "", export_dir: Path | None = None,
         raise TrainingDataError(f"A training set named {name} exists; pick another --name.")
     curated = curate(out_dir=Path(settings.TRAINING_DIR) / "sets" / name, name=name,
                      export_dir=export_dir, literature=sources, literature_origin=origin,
-                     limits=limits, decontaminate=decontaminate)
+                     limits=limits, decontaminate=decontaminate, balance=balance_labels)
     return TrainingSet.objects.create(
         name=name, path=str(curated.path), export_dir=str(export_dir or ""),
         export_sha256=curated.export_sha256, export_batch=batch,

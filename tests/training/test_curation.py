@@ -201,3 +201,46 @@ def test_pubmedqa_files_give_literature_decontaminated_against_the_files_given(t
            literature=sources_from_files([train]))
     assert not any('pmid="10808977"' in record["messages"][1]["content"]
                    for record in read_jsonl(tmp_path / "default" / "sft.jsonl"))
+
+
+def test_balanced_labels_cap_the_commonest_answer_and_the_card_says_so(tmp_path):
+    held_out = pubmedqa_file(tmp_path / "held_out.json", {
+        "93000099": ("Does bed rest speed recovery from low back pain?",
+                     "Bed rest did not speed recovery.", "no")})
+    topics = ["aspirin stroke", "statins dementia", "metformin cancer", "zinc colds",
+              "yoga asthma", "coffee arrhythmia"]
+    items = {f"9300000{n}": (f"Is {topic.split()[0]} protective against {topic.split()[1]}?",
+                             f"{topic.split()[0].title()} reduced {topic.split()[1]}.", "yes")
+             for n, topic in enumerate(topics)}
+    items["93000010"] = ("Does vitamin D prevent fractures in older adults?",
+                         "Vitamin D did not reduce fractures.", "no")
+    items["93000011"] = ("Do night shifts cause migraine in nurses?",
+                         "Night shifts were not associated with migraine.", "no")
+    items["93000012"] = ("Is fasting safe in pregnancy?",
+                         "Whether fasting is safe in pregnancy remains unclear.", "maybe")
+    items["93000013"] = ("How long does influenza immunity last in the elderly?",
+                         "Immunity waned within six months.", "yes")
+    train = pubmedqa_file(tmp_path / "train.json", items)
+
+    curate(out_dir=tmp_path / "all", name="all", literature=sources_from_files([train]),
+           decontaminate=[held_out])
+    curate(out_dir=tmp_path / "set", name="balanced", literature=sources_from_files([train]),
+           decontaminate=[held_out], balance=True)
+
+    unbalanced = json.loads((tmp_path / "all" / "card.json").read_text())
+    assert unbalanced["counts"]["sft"]["by_label"] == {
+        "maybe": 1, "no": 2, "unlabelled": 1, "yes": 6}
+    card = json.loads((tmp_path / "set" / "card.json").read_text())
+    # "yes" is capped at the count of the second commonest label, "no"; the rest are kept.
+    assert card["counts"]["sft"]["by_label"] == {"maybe": 1, "no": 2, "unlabelled": 1, "yes": 2}
+    assert card["filtered"] == {"literature: label balance (yes)": 4}
+    assert card["sources"]["literature"]["balanced"]["cap"] == 2
+    records = read_jsonl(tmp_path / "set" / "sft.jsonl")
+    answers = [record["messages"][-1]["content"].rsplit("Answer: ", 1)[-1] for record in records
+               if "Answer: " in record["messages"][-1]["content"]]
+    assert sorted(answers) == ["maybe", "no", "no", "yes", "yes"]
+    # The same articles give the same set.
+    curate(out_dir=tmp_path / "again", name="again", literature=sources_from_files([train]),
+           decontaminate=[held_out], balance=True)
+    assert (tmp_path / "again" / "sft.jsonl").read_bytes() == (
+        tmp_path / "set" / "sft.jsonl").read_bytes()

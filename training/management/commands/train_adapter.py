@@ -37,6 +37,10 @@ class Command(BaseCommand):
                           metavar="FILE",
                           help="PubMedQA or MIRAGE file whose questions (and PMIDs) are never "
                           "trained on (repeatable); default every evaluation suite's files.")
+        data.add_argument("--balance-labels", action="store_true",
+                          help="Cap each yes/no/maybe label of the literature examples at the "
+                          "count of the second commonest, so the adapter cannot score by "
+                          "saying the commonest label to everything.")
         data.add_argument("--name", default="", help="Name of the new training set.")
         data.add_argument("--max-target-chars", type=int, default=Limits.max_target_chars)
         data.add_argument("--max-prompt-chars", type=int, default=Limits.max_prompt_chars)
@@ -158,7 +162,8 @@ class Command(BaseCommand):
             literature_files=options["literature_file"],
             limits=Limits(max_target_chars=options["max_target_chars"],
                           max_prompt_chars=options["max_prompt_chars"]),
-            decontaminate=options["decontaminate"] or None)
+            decontaminate=options["decontaminate"] or None,
+            balance_labels=options["balance_labels"])
 
     def _print_card(self, training_set: TrainingSet) -> None:
         card = training_set.card
