@@ -169,7 +169,9 @@ def stage_data(args: argparse.Namespace) -> dict[str, Any]:
 
     manage("migrate", "--noinput", "-v", "0")
     name = f"bench-{args.seed}-{args.heldout}-{args.train}-" + (
-        "balanced-" if args.balance_labels else "") + hashlib.sha256(
+        "balanced-" if args.balance_labels else "") + (
+        "expert-" if args.expert_labels else "") + (
+        "abstract-" if args.gold_passage == "abstract" else "") + hashlib.sha256(
         str(args.out.resolve()).encode()).hexdigest()[:6]
     if not TrainingSet.objects.filter(name=name).exists():
         options = ["train_adapter", "--set-only", "--name", name, "--literature", "files",
@@ -180,6 +182,9 @@ def stage_data(args: argparse.Namespace) -> dict[str, Any]:
                     str(args.literature_dir / "exam" / "mirage_medmcqa_mmlu.json")]
         if args.balance_labels:
             options.append("--balance-labels")
+        if args.expert_labels:
+            options.append("--expert-labels")
+        options += ["--gold-passage", args.gold_passage]
         manage(*options)
     training_set = TrainingSet.objects.get(name=name)
     sft = [json.loads(line) for line in
@@ -513,6 +518,11 @@ def main() -> None:
     parser.add_argument("--balance-labels", action="store_true",
                         help="train_adapter --balance-labels: cap the commonest answer label "
                         "of the training set at the count of the second commonest.")
+    parser.add_argument("--expert-labels", action="store_true",
+                        help="train_adapter --expert-labels: the TRAIN half's expert "
+                        "final_decision is the label (never the held-out half's).")
+    parser.add_argument("--gold-passage", choices=["context", "abstract"], default="context",
+                        help="train_adapter --gold-passage.")
     parser.add_argument("--model", choices=sorted(MODEL_FOLDERS), default="smollm2")
     parser.add_argument("--base-model", type=Path, help="A model folder instead of --model.")
     parser.add_argument("--model-port", type=int, help="Port of the model server started for "

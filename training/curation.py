@@ -43,7 +43,7 @@ from review.exports import (
 )
 from review.models import ReviewItem
 from review.phi import PhiGateUnavailable, scrub
-from training.literature import LiteratureSource, build_examples
+from training.literature import LiteratureOptions, LiteratureSource, build_examples
 
 logger = logging.getLogger(__name__)
 
@@ -307,11 +307,12 @@ def balance_labels(candidates: list[_Candidate]) -> tuple[list[_Candidate], dict
 def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
            literature: Iterable[LiteratureSource] | None = None, literature_origin: str = "",
            limits: Limits | None = None, decontaminate: list[Path] | None = None,
-           balance: bool = False) -> CuratedSet:
+           options: LiteratureOptions | None = None) -> CuratedSet:
     """Write sft.jsonl, dpo.jsonl and card.json into out_dir. Raises TrainingDataError.
     `decontaminate`: PubMedQA- or MIRAGE-format files whose questions (and PMIDs) are never
     trained on; default every evaluation suite's files (the review eval split always).
-    `balance`: cap the literature examples' answer labels (`balance_labels`)."""
+    `options`: how the literature set is built (training.literature.LiteratureOptions)."""
+    options = options or LiteratureOptions()
     limits = limits or Limits()
     threshold = settings.EXPORT_NEAR_DUPLICATE_JACCARD
     benchmarks, pubmedqa_pmids, decontaminated = _decontamination(
@@ -347,9 +348,12 @@ def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
                 filters.dropped[f"literature: {reason}"] += 1
             else:
                 clean.append(source)
-        examples, skipped = build_examples(clean)
+        examples, skipped = build_examples(clean, options)
         literature_info = {"origin": literature_origin, "examples_built": len(examples),
-                           "articles_skipped": dict(sorted(skipped.items()))}
+                           "articles_skipped": dict(sorted(skipped.items())),
+                           "options": {"gold_passage": options.gold_passage,
+                                       "expert_labels": options.expert_labels,
+                                       "balance_labels": options.balance_labels}}
         for example in examples:
             candidate = _Candidate(
                 source="literature", ident=f"pmid:{example.pmid}", question=example.question,
@@ -362,7 +366,7 @@ def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
                 filters.dropped[f"literature: {reason}"] += 1
             else:
                 kept["sft"].append(candidate)
-        if balance:
+        if options.balance_labels:
             before = Counter(c.label for c in kept["sft"] if c.source == "literature")
             kept["sft"], literature_info["balanced"] = balance_labels(kept["sft"])
             after = Counter(c.label for c in kept["sft"] if c.source == "literature")

@@ -48,11 +48,37 @@ DISTRACTORS = 2
 DISTRACTOR_CHARS = 900
 
 
+GOLD_PASSAGES = ("context", "abstract")
+
+
 @dataclass(frozen=True)
 class LiteratureSource:
     pmid: str
     title: str
     sections: tuple[tuple[str, str], ...]
+    expert_label: str | None = None  # a PubMedQA item's final_decision, where one was given
+
+
+@dataclass(frozen=True)
+class LiteratureOptions:
+    """How the literature set is built (recorded in the data card).
+
+    gold_passage: "context" = the abstract without its conclusion (PubMedQA's artificial set:
+    the model must infer the conclusion); "abstract" = the whole abstract, as the index serves
+    it, so every sentence of the target is in the passage it cites and the model learns to read
+    the conclusion it is shown. expert_labels: where a PubMedQA-format source carries an expert
+    final_decision, it is the label instead of the builder's reading of the conclusion (the
+    builder agrees with the experts on about 64% of PubMedQA's items). balance_labels: cap
+    each answer label at the count of the second commonest (training.curation)."""
+
+    gold_passage: str = "context"
+    expert_labels: bool = False
+    balance_labels: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gold_passage not in GOLD_PASSAGES:
+            raise ValueError(f"gold_passage must be one of {', '.join(GOLD_PASSAGES)}, not "
+                             f"{self.gold_passage!r}.")
 
 
 @dataclass(frozen=True)
@@ -116,9 +142,11 @@ def _rank(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
-def build_examples(sources: Iterable[LiteratureSource]) -> tuple[list[LiteratureExample],
-                                                                   dict[str, int]]:
+def build_examples(sources: Iterable[LiteratureSource],
+                   options: LiteratureOptions | None = None
+                   ) -> tuple[list[LiteratureExample], dict[str, int]]:
     """Examples from every usable source, and counts of what was skipped and why."""
+    options = options or LiteratureOptions()
     skipped: dict[str, int] = {}
     usable: list[tuple[LiteratureSource, str, str]] = []
     for source in sources:
@@ -147,10 +175,13 @@ def build_examples(sources: Iterable[LiteratureSource]) -> tuple[list[Literature
                                           title=other[0].title,
                                           text=other[1][:DISTRACTOR_CHARS]))
             number += 1
+        gold_text = (context if options.gold_passage == "context" else
+                     f"{context}\nCONCLUSIONS: {conclusion}")
         passages.append(PromptPassage(number=gold_number, pmid=source.pmid, title=source.title,
-                                      text=context))
+                                      text=gold_text))
         passages.sort(key=lambda passage: passage.number)
-        label = decide_label(source.title, conclusion)
+        label = (source.expert_label if options.expert_labels and source.expert_label else
+                 decide_label(source.title, conclusion))
         messages = build_answer_messages(source.title.strip(), passages)
         answer = cite_sentences(conclusion, gold_number)
         if label:
@@ -179,25 +210,35 @@ def sources_from_index(collection: str | None = None) -> Iterator[LiteratureSour
 def sources_from_files(paths: Iterable[Path]) -> Iterator[LiteratureSource]:
     """The same from PubMed XML / JSONL / PubMedQA JSON files read in place (no index needed),
     for benches. A PubMedQA item's QUESTION is its title (the question its authors' title asked),
-    CONTEXTS its context and LONG_ANSWER its conclusion: the label is still decided from the
-    conclusion, never read from final_decision."""
+    CONTEXTS its context and LONG_ANSWER its conclusion; its final_decision is carried as
+    `expert_label`, used only with LiteratureOptions(expert_labels=True)."""
     for path in paths:
         report = ReadReport()
         name = Path(path).name
         fmt = "pubmedqa" if name.endswith(".json") else "pubmed-xml" if ".xml" in name else "jsonl"
-        questions = _pubmedqa_questions(Path(path)) if fmt == "pubmedqa" else {}
+        questions, decisions = (_pubmedqa_questions(Path(path)) if fmt == "pubmedqa" else
+                                ({}, {}))
         for record in read_records(Path(path), fmt, report):
             if not isinstance(record, ParsedArticle) or record.retracted:
                 continue
             title = questions.get(record.pmid, "") if fmt == "pubmedqa" else record.title
             if is_question_title(title):
                 yield LiteratureSource(pmid=record.pmid, title=title,
-                                       sections=tuple(record.sections))
+                                       sections=tuple(record.sections),
+                                       expert_label=decisions.get(record.pmid))
 
 
-def _pubmedqa_questions(path: Path) -> dict[str, str]:
+def _pubmedqa_questions(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     # The index reader leaves PubMedQA titles empty (QUESTION would leak evaluation queries into
-    # the documents); here the question is the point, so it is read beside the records.
+    # the documents); here the question is the point, so it is read beside the records, with
+    # the experts' final_decision.
     items = json.loads(path.read_text(encoding="utf-8"))
-    return {str(pmid): str(item.get("QUESTION") or "") for pmid, item in items.items()
-            if isinstance(item, dict)} if isinstance(items, dict) else {}
+    if not isinstance(items, dict):
+        return {}, {}
+    questions = {str(pmid): str(item.get("QUESTION") or "") for pmid, item in items.items()
+                 if isinstance(item, dict)}
+    decisions = {str(pmid): str(item["final_decision"]).strip().lower()
+                 for pmid, item in items.items()
+                 if isinstance(item, dict) and str(item.get("final_decision") or "").strip()
+                 .lower() in ("yes", "no", "maybe")}
+    return questions, decisions

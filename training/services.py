@@ -30,7 +30,12 @@ from modelsvc.models import ServedModel
 from review.models import ExportBatch
 from training import tasks
 from training.curation import Limits, TrainingDataError, curate
-from training.literature import LiteratureSource, sources_from_files, sources_from_index
+from training.literature import (
+    LiteratureOptions,
+    LiteratureSource,
+    sources_from_files,
+    sources_from_index,
+)
 from training.models import TrainingRun, TrainingSet
 from training.serving import link_served_name
 from training.trainer import (
@@ -59,11 +64,11 @@ def training_set_create(*, name: str = "", export_dir: Path | None = None,
                         literature_files: list[Path] | None = None,
                         limits: Limits | None = None,
                         decontaminate: list[Path] | None = None,
-                        balance_labels: bool = False) -> TrainingSet:
+                        options: LiteratureOptions | None = None) -> TrainingSet:
     """Curate a training set into TRAINING_DIR/sets/<name>. `literature`: "index" (articles of
     the indexed corpus), "files" (literature_files read in place) or "none". `decontaminate`:
     evaluation files never trained on instead of every suite's (see curation.curate).
-    `balance_labels`: cap the literature examples' yes/no/maybe labels (curation)."""
+    `options`: how the literature set is built (training.literature.LiteratureOptions)."""
     batch = None
     if export_batch_id is not None:
         batch = ExportBatch.objects.filter(pk=export_batch_id).first()
@@ -86,7 +91,7 @@ def training_set_create(*, name: str = "", export_dir: Path | None = None,
         raise TrainingDataError(f"A training set named {name} exists; pick another --name.")
     curated = curate(out_dir=Path(settings.TRAINING_DIR) / "sets" / name, name=name,
                      export_dir=export_dir, literature=sources, literature_origin=origin,
-                     limits=limits, decontaminate=decontaminate, balance=balance_labels)
+                     limits=limits, decontaminate=decontaminate, options=options)
     return TrainingSet.objects.create(
         name=name, path=str(curated.path), export_dir=str(export_dir or ""),
         export_sha256=curated.export_sha256, export_batch=batch,

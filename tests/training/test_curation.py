@@ -9,6 +9,7 @@ import pytest
 from retrieval.models import Article
 from training.curation import TrainingDataError, curate
 from training.literature import (
+    LiteratureOptions,
     decide_label,
     sources_from_files,
     sources_from_index,
@@ -225,7 +226,7 @@ def test_balanced_labels_cap_the_commonest_answer_and_the_card_says_so(tmp_path)
     curate(out_dir=tmp_path / "all", name="all", literature=sources_from_files([train]),
            decontaminate=[held_out])
     curate(out_dir=tmp_path / "set", name="balanced", literature=sources_from_files([train]),
-           decontaminate=[held_out], balance=True)
+           decontaminate=[held_out], options=LiteratureOptions(balance_labels=True))
 
     unbalanced = json.loads((tmp_path / "all" / "card.json").read_text())
     assert unbalanced["counts"]["sft"]["by_label"] == {
@@ -241,6 +242,48 @@ def test_balanced_labels_cap_the_commonest_answer_and_the_card_says_so(tmp_path)
     assert sorted(answers) == ["maybe", "no", "no", "yes", "yes"]
     # The same articles give the same set.
     curate(out_dir=tmp_path / "again", name="again", literature=sources_from_files([train]),
-           decontaminate=[held_out], balance=True)
+           decontaminate=[held_out], options=LiteratureOptions(balance_labels=True))
     assert (tmp_path / "again" / "sft.jsonl").read_bytes() == (
         tmp_path / "set" / "sft.jsonl").read_bytes()
+
+
+def test_expert_labels_and_the_whole_abstract_as_the_cited_passage(tmp_path):
+    held_out = pubmedqa_file(tmp_path / "held_out.json", {
+        "94000099": ("Does bed rest speed recovery from low back pain?",
+                     "Bed rest did not speed recovery.", "no")})
+    train = pubmedqa_file(tmp_path / "train.json", {
+        # The builder reads "did not reduce" as no; the experts said yes.
+        "94000001": ("Is vitamin D alone protective against fractures in older adults?",
+                     "Vitamin D alone did not reduce fractures.", "yes"),
+        "94000002": ("Are night shifts a risk factor for migraine in nurses?",
+                     "Night shifts doubled the odds of migraine.", "yes"),
+        "94000003": ("Does yoga improve asthma control in adolescents?",
+                     "Yoga improved asthma control scores.", "maybe")})
+
+    def built(name, options):
+        curate(out_dir=tmp_path / name, name=name, literature=sources_from_files([train]),
+               decontaminate=[held_out], options=options)
+        records = read_jsonl(tmp_path / name / "sft.jsonl")
+        by_question = {record["messages"][1]["content"].split("<question>\n")[1].split("\n")[0]:
+                       record["messages"] for record in records}
+        return by_question, json.loads((tmp_path / name / "card.json").read_text())
+
+    default, card = built("default", None)
+    vitamin = default["Is vitamin D alone protective against fractures in older adults?"]
+    assert vitamin[-1]["content"].endswith("Answer: no")  # the builder's reading
+    assert "did not reduce fractures" not in vitamin[1]["content"]  # conclusion withheld
+    assert card["sources"]["literature"]["options"] == {
+        "balance_labels": False, "expert_labels": False, "gold_passage": "context"}
+
+    grounded, card = built("grounded", LiteratureOptions(gold_passage="abstract",
+                                                         expert_labels=True))
+    vitamin = grounded["Is vitamin D alone protective against fractures in older adults?"]
+    assert vitamin[-1]["content"].endswith("Answer: yes")  # the experts'
+    assert "CONCLUSIONS: Vitamin D alone did not reduce fractures." in vitamin[1]["content"]
+    assert grounded["Does yoga improve asthma control in adolescents?"][-1]["content"].endswith(
+        "Answer: maybe")
+    assert card["sources"]["literature"]["options"]["gold_passage"] == "abstract"
+    assert card["counts"]["sft"]["by_label"] == {"maybe": 1, "yes": 2}
+
+    with pytest.raises(ValueError, match="gold_passage must be one of context, abstract"):
+        LiteratureOptions(gold_passage="conclusion")

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from training import services
 from training.curation import Limits, TrainingDataError
+from training.literature import GOLD_PASSAGES, LiteratureOptions
 from training.models import TrainingRun, TrainingSet
 from training.trainer import Hyperparameters, TrainingError, check_base_model
 
@@ -37,6 +38,15 @@ class Command(BaseCommand):
                           metavar="FILE",
                           help="PubMedQA or MIRAGE file whose questions (and PMIDs) are never "
                           "trained on (repeatable); default every evaluation suite's files.")
+        data.add_argument("--gold-passage", choices=list(GOLD_PASSAGES), default="context",
+                          help="The literature example's own passage: its abstract without the "
+                          "conclusion (default; PubMedQA's artificial set) or the whole "
+                          "abstract, as the index serves it (every claim of the target is then "
+                          "in the passage it cites).")
+        data.add_argument("--expert-labels", action="store_true",
+                          help="Where a PubMedQA-format --literature-file gives an expert "
+                          "final_decision, use it as the label instead of the builder's "
+                          "reading of the conclusion.")
         data.add_argument("--balance-labels", action="store_true",
                           help="Cap each yes/no/maybe label of the literature examples at the "
                           "count of the second commonest, so the adapter cannot score by "
@@ -163,7 +173,9 @@ class Command(BaseCommand):
             limits=Limits(max_target_chars=options["max_target_chars"],
                           max_prompt_chars=options["max_prompt_chars"]),
             decontaminate=options["decontaminate"] or None,
-            balance_labels=options["balance_labels"])
+            options=LiteratureOptions(gold_passage=options["gold_passage"],
+                                      expert_labels=options["expert_labels"],
+                                      balance_labels=options["balance_labels"]))
 
     def _print_card(self, training_set: TrainingSet) -> None:
         card = training_set.card
