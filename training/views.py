@@ -15,6 +15,7 @@ from evaluation.views import admin_only
 from review.models import ExportBatch
 from training import services
 from training.curation import TrainingDataError
+from training.literature import LiteratureOptions
 from training.models import TrainingRun, TrainingSet
 from training.trainer import Hyperparameters, TrainingError
 
@@ -49,7 +50,10 @@ def set_create(request: HttpRequest) -> HttpResponse:
         training_set = services.training_set_create(
             name=request.POST.get("name", "").strip(),
             export_batch_id=int(batch) if batch else None,
-            literature="index" if request.POST.get("literature") == "1" else "none")
+            literature="index" if request.POST.get("literature") == "1" else "none",
+            options=LiteratureOptions(
+                gold_passage=request.POST.get("gold_passage") or "context",
+                balance_labels=request.POST.get("balance_labels") == "1"))
     except (TrainingDataError, ValueError) as error:
         messages.error(request, f"The training set could not be built: "
                        f"{getattr(error, 'message', error)}")
