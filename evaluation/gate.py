@@ -104,10 +104,13 @@ def no_better_than_majority(run: EvalRun) -> str | None:
     top = labels.get("top_prediction")
     said = (f"; it answered \"{top['label']}\" to {top['share']:.0%} of the questions it "
             "answered" if top else "")
+    advice = (" It says one label to nearly everything: a label-balanced training set "
+              "(train_adapter --balance-labels) removes the prior it learnt."
+              if top and top["share"] >= 0.9 else "")
     return (f"{run.suite}: run {run.pk}'s accuracy {accuracy['value']:.1%} is not above the "
             f"{majority['value']:.1%} of answering \"{majority['label']}\" to every question "
             f"(recall per gold label: {recalls}{said}). A model no better than the label "
-            "prior has not learnt the task; train on a label-balanced set.")
+            f"prior has not learnt the task.{advice}")
 
 
 def too_few_items(run: EvalRun, minimum: int) -> str | None:

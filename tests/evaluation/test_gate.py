@@ -143,6 +143,7 @@ def test_a_candidate_that_says_yes_to_everything_is_refused_though_non_inferior(
 
     assert ('not above the 56.0% of answering "yes" to every question' in refused.value.message)
     assert "recall per gold label: maybe 0%, no 0%, yes 100%" in refused.value.message
+    assert "train_adapter --balance-labels" in refused.value.message
     candidate.refresh_from_db()
     assert candidate.status == "candidate"
     [comparison] = PromotionDecision.objects.get().comparisons
