@@ -20,6 +20,7 @@ Deterministic: the same export, articles and limits give the same bytes and the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -351,9 +352,7 @@ def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
         examples, skipped = build_examples(clean, options)
         literature_info = {"origin": literature_origin, "examples_built": len(examples),
                            "articles_skipped": dict(sorted(skipped.items())),
-                           "options": {"gold_passage": options.gold_passage,
-                                       "expert_labels": options.expert_labels,
-                                       "balance_labels": options.balance_labels}}
+                           "options": dataclasses.asdict(options)}
         for example in examples:
             candidate = _Candidate(
                 source="literature", ident=f"pmid:{example.pmid}", question=example.question,
@@ -367,13 +366,12 @@ def curate(*, out_dir: Path, name: str, export_dir: Path | None = None,
             else:
                 kept["sft"].append(candidate)
         if options.balance_labels:
-            before = Counter(c.label for c in kept["sft"] if c.source == "literature")
-            kept["sft"], literature_info["balanced"] = balance_labels(kept["sft"])
-            after = Counter(c.label for c in kept["sft"] if c.source == "literature")
+            kept["sft"], balanced = balance_labels(kept["sft"])
+            literature_info["balanced"] = balanced
             for label in ANSWER_LABELS:
-                if before[label] > after[label]:
+                if balanced["before"][label] > balanced["after"][label]:
                     filters.dropped[f"literature: label balance ({label})"] += (
-                        before[label] - after[label])
+                        balanced["before"][label] - balanced["after"][label])
 
     if not kept["sft"] and not kept["dpo"]:
         raise TrainingDataError(

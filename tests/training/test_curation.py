@@ -154,10 +154,15 @@ def pubmedqa_file(path, items):
     return path
 
 
+def held_out_file(tmp_path, pmid):
+    """The held-out file of the PubMedQA-file tests: one bed-rest question under `pmid`."""
+    return pubmedqa_file(tmp_path / "held_out.json", {
+        pmid: ("Does bed rest speed recovery from low back pain?",
+               "Bed rest did not speed recovery.", "no")})
+
+
 def test_pubmedqa_files_give_literature_decontaminated_against_the_files_given(tmp_path):
-    held_out = pubmedqa_file(tmp_path / "held_out.json", {
-        "92000009": ("Does bed rest speed recovery from low back pain?",
-                     "Bed rest did not speed recovery.", "no")})
+    held_out = held_out_file(tmp_path, "92000009")
     train = pubmedqa_file(tmp_path / "train.json", {
         # A pqal_dev PMID and question: trained on only because the held-out file replaces the
         # default decontamination files.
@@ -205,9 +210,7 @@ def test_pubmedqa_files_give_literature_decontaminated_against_the_files_given(t
 
 
 def test_balanced_labels_cap_the_commonest_answer_and_the_card_says_so(tmp_path):
-    held_out = pubmedqa_file(tmp_path / "held_out.json", {
-        "93000099": ("Does bed rest speed recovery from low back pain?",
-                     "Bed rest did not speed recovery.", "no")})
+    held_out = held_out_file(tmp_path, "93000099")
     topics = ["aspirin stroke", "statins dementia", "metformin cancer", "zinc colds",
               "yoga asthma", "coffee arrhythmia"]
     items = {f"9300000{n}": (f"Is {topic.split()[0]} protective against {topic.split()[1]}?",
@@ -248,9 +251,7 @@ def test_balanced_labels_cap_the_commonest_answer_and_the_card_says_so(tmp_path)
 
 
 def test_expert_labels_and_the_whole_abstract_as_the_cited_passage(tmp_path):
-    held_out = pubmedqa_file(tmp_path / "held_out.json", {
-        "94000099": ("Does bed rest speed recovery from low back pain?",
-                     "Bed rest did not speed recovery.", "no")})
+    held_out = held_out_file(tmp_path, "94000099")
     train = pubmedqa_file(tmp_path / "train.json", {
         # The builder reads "did not reduce" as no; the experts said yes.
         "94000001": ("Is vitamin D alone protective against fractures in older adults?",
