@@ -465,7 +465,7 @@ def report(args: argparse.Namespace, data: dict[str, Any], trained: dict[str, An
         if per_label:
             print(f"{label}: recall per gold label " + ", ".join(
                 f"{gold} {block['successes']}/{block['n']}"
-                for gold, block in per_label["recall"].items())
+                for gold, block in sorted(per_label["recall"].items()))
                 + f"; balanced accuracy {per_label['balanced_accuracy']:.1%}; predicted "
                 + str(per_label["predicted"]))
     if len(labels) < 2:

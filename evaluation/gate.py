@@ -100,7 +100,7 @@ def no_better_than_majority(run: EvalRun) -> str | None:
     if accuracy["value"] > majority["value"]:
         return None
     recalls = ", ".join(f"{label} {block['value']:.0%}"
-                        for label, block in labels["recall"].items())
+                        for label, block in sorted(labels["recall"].items()))
     top = labels.get("top_prediction")
     said = (f"; it answered \"{top['label']}\" to {top['share']:.0%} of the questions it "
             "answered" if top else "")

@@ -121,9 +121,10 @@ def format_summary(run: EvalRun) -> str:
         labels = block.get("labels")
         if labels:
             lines.append("    recall per gold label " + ", ".join(
-                f"{label} {_pct(r)}" for label, r in labels["recall"].items())
+                f"{label} {_pct(r)}" for label, r in sorted(labels["recall"].items()))
                 + f"; balanced accuracy {labels['balanced_accuracy']:.1%}; predicted "
-                + (", ".join(f"{label} {n}" for label, n in labels["predicted"].items()) or "-")
+                + (", ".join(f"{label} {n}"
+                             for label, n in sorted(labels["predicted"].items())) or "-")
                 + f"; always \"{labels['majority']['label']}\" would score "
                 + _pct(labels["majority"]))
         if "recall" in block:
