@@ -1,7 +1,8 @@
 """Embedding benchmark: every EMBEDDING_BACKEND in one run, on real abstracts; asserts nothing.
 
     nice .venv/bin/python bench/embedding.py [--abstracts 300]
-        [--backends torch,torch-bf16,onnx,onnx-int8] [--data ../shared/data/pubmedqa/pqal_dev.json]
+        [--backends torch,torch-bf16,openvino,onnx,onnx-int8]
+        [--data ../shared/data/pubmedqa/pqal_dev.json]
 
 Embeds N PubMedQA abstracts (title-less: the joined CONTEXTS) through retrieval.embedding with
 each backend, timing embed_texts after a warm-up (export and load are not timed; the first run
@@ -30,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--abstracts", type=int, default=300)
-    parser.add_argument("--backends", default="torch,torch-bf16,onnx,onnx-int8")
+    parser.add_argument("--backends", default="torch,torch-bf16,openvino,onnx,onnx-int8")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the best counts")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get(
         "BENCH_DATA", ROOT.parent / "shared" / "data" / "pubmedqa" / "pqal_dev.json")))

@@ -1,4 +1,5 @@
-"""EMBEDDING_BACKEND: torch or onnxruntime (plain / int8), exported once, torch as fallback."""
+"""EMBEDDING_BACKEND: torch, OpenVINO or onnxruntime (plain / int8), exported once, torch as
+fallback."""
 
 from __future__ import annotations
 
@@ -122,9 +123,60 @@ def test_bf16_on_a_cpu_without_it_is_fp32_torch_with_a_warning(
     assert next(embedding.get_embedder().parameters()).dtype == torch.float32
 
 
-def test_auto_is_bf16_where_the_cpu_has_it_and_onnx_elsewhere(
+def test_openvino_is_converted_once_and_agrees_with_torch(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch) -> None:
+    openvino = pytest.importorskip("openvino", reason="openvino (requirements.txt) is not "
+                                   "installed")
+    fresh.EMBEDDING_BACKEND = "torch"
+    reference = embedding.embed_texts(SENTENCES)
+
+    fresh.EMBEDDING_BACKEND = "openvino"
+    assert embedding.backend_in_use() == "openvino"
+    assert embedding._session.precision == ("bf16" if embedding.cpu_has_bf16() else "f32")
+    folder = Path(fresh.MODEL_CACHE_DIR) / "embedding-openvino"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.bin", "model.xml", "source.json"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no leftovers
+    # more texts than one OpenVINO batch, of mixed lengths: order restored across batches
+    texts = [f"{sentence} ({n})" * (1 + n % 3) for n in range(20) for sentence in SENTENCES]
+    fresh.EMBEDDING_BACKEND = "torch"
+    reference = embedding.embed_texts(texts)
+    fresh.EMBEDDING_BACKEND = "openvino"
+    vectors = embedding.embed_texts(texts)
+    assert vectors.shape == reference.shape and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * reference).sum(axis=1)
+    assert cosines.min() >= 0.999, cosines  # bfloat16 here keeps norms and sums in fp32
+
+    def no_conversion(*args: object, **kwargs: object) -> None:
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(openvino, "convert_model", no_conversion)
+    written = (folder / "model.xml").stat().st_mtime_ns
+    monkeypatch.setattr(embedding, "_embedder", None)
+    assert embedding.backend_in_use() == "openvino"
+    assert (folder / "model.xml").stat().st_mtime_ns == written
+    np.testing.assert_allclose(embedding.embed_texts(texts), vectors, atol=1e-6)
+
+
+def test_openvino_missing_falls_back_to_torch_with_a_warning(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    fresh.EMBEDDING_BACKEND = "openvino"
+    with caplog.at_level(logging.WARNING, logger="retrieval.embedding"):
+        assert embedding.backend_in_use() == "torch"
+    assert any("EMBEDDING_BACKEND=openvino is unavailable" in r.getMessage()
+               for r in caplog.records)
+    assert embedding._session is None
+    assert embedding.embed_texts(SENTENCES[:2]).shape == (2, embedding.embedding_dimension())
+
+
+def test_auto_is_openvino_where_installed_else_bf16_where_the_cpu_has_it_else_onnx(
         fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch) -> None:
     fresh.EMBEDDING_BACKEND = "auto"
+    monkeypatch.setattr(embedding, "openvino_installed", lambda: True)
+    assert embedding.resolved_backend() == "openvino"
+    monkeypatch.setattr(embedding, "openvino_installed", lambda: False)
     monkeypatch.setattr(embedding, "cpu_has_bf16", lambda: True)
     assert embedding.resolved_backend() == "torch-bf16"
     monkeypatch.setattr(embedding, "cpu_has_bf16", lambda: False)
