@@ -379,7 +379,7 @@ EMBEDDING_BACKEND = env_choice(
     help="What runs the embedding model: auto (openvino where it is installed, else torch-bf16 "
     "where the CPU has bfloat16 arithmetic, else onnx), torch (sentence-transformers), "
     "torch-bf16 (bfloat16, on CPUs with AVX512_BF16 or AMX, else fp32 torch: about 1.7x torch, "
-    "cosine >= 0.998), openvino (OpenVINO, bfloat16 where the CPU has it: about 2.3x torch, "
+    "cosine >= 0.998), openvino (OpenVINO, bfloat16 where the CPU has it: about 3x torch, "
     "cosine 0.99998), onnx (onnxruntime, same vectors as torch) or onnx-int8 (dynamic int8 "
     "quantization: cosine 0.994 to torch); OpenVINO and ONNX files are exported once into "
     "MODEL_CACHE_DIR/embedding-<backend>/. Falls back to torch, with a warning, when the export "

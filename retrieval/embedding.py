@@ -17,8 +17,8 @@ transformers<4.58, or optimum-intel, which downgrades transformers and upgrades 
 neither is installed: the export here uses torch.onnx / openvino.convert_model directly.)
 
 openvino in bfloat16 keeps layer norms, softmax and accumulation in fp32: cosine to fp32 torch
-0.99998 on PubMedQA abstracts, about 1.4x torch-bf16 and 2.3x fp32 torch on 2 cores with
-AVX512_BF16 (bench/embedding.py).
+0.99998 on PubMedQA abstracts; in one run on 2 cores with AVX512_BF16, 1.5x torch-bf16 and 3.1x
+fp32 torch (bench/embedding.py).
 
 torch-bf16 runs the torch model in bfloat16 on a CPU whose instruction set does bfloat16
 arithmetic (AVX512_BF16 or AMX, named in /proc/cpuinfo): about 1.7x fp32 torch there, cosine
@@ -271,9 +271,8 @@ def openvino_installed() -> bool:
 
 
 def resolved_backend() -> str:
-    """EMBEDDING_BACKEND, with auto resolved: openvino where it is installed (2.3x fp32 torch
-    with bfloat16 arithmetic, 1.1x without), else torch-bf16 on a CPU with bfloat16 arithmetic
-    (1.7x), else onnx."""
+    """EMBEDDING_BACKEND, with auto resolved: openvino where it is installed (3.1x fp32 torch
+    on a CPU with bfloat16 arithmetic), else torch-bf16 on such a CPU (2x), else onnx."""
     backend = str(settings.EMBEDDING_BACKEND)
     if backend == "auto":
         if openvino_installed():
