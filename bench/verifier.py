@@ -3,6 +3,7 @@
     .venv/bin/python bench/verifier.py                         # every engine that can run here
     .venv/bin/python bench/verifier.py --engine cross-encoder --answers 200
     .venv/bin/python bench/verifier.py --data claims.jsonl --threads 2
+    .venv/bin/python bench/verifier.py --engine cross-encoder --backends openvino,torch-int8
 
 Claims and passages come from a claims file (`manage.py build_claims`) or, by default, are
 built from LITERATURE_DATA_DIR/pubmedqa/pqal_dev.json. The cross-encoder is the configured one
@@ -32,6 +33,9 @@ def main() -> None:
                         "pqal_dev.json).")
     parser.add_argument("--answers", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2).")
+    parser.add_argument("--backends", default="", help="Comma-separated VERIFIER_BACKEND "
+                        "values to time the cross-encoder with, one after the other (default: "
+                        "the configured one).")
     args = parser.parse_args()
 
     import django
@@ -44,7 +48,7 @@ def main() -> None:
     from modelsvc.citations import ParsedClaim
     from modelsvc.claim_changes import ClaimPair, read_claims_file
     from modelsvc.verification import score_claims
-    from modelsvc.verifier import get_verifier
+    from modelsvc.verifier import CrossEncoderVerifier, get_verifier, verifier_location
     from retrieval.embedding import embed_texts
 
     torch.set_num_threads(args.threads)
@@ -58,10 +62,16 @@ def main() -> None:
           f"on average, torch threads {torch.get_num_threads()} (cpus {os.cpu_count()})")
 
     engines = ["lexical", "cross-encoder"] if args.engine == "all" else [args.engine]
+    runs: list[tuple[str, Any]] = []
     for engine in engines:
-        verifier = get_verifier() if engine == "cross-encoder" else "lexical"
-        label = (f"cross-encoder {verifier.name} (int8: {verifier.quantized})"  # type: ignore[union-attr]
-                 if engine == "cross-encoder" else "lexical (MiniLM cosine + word overlap)")
+        if engine == "lexical":
+            runs.append(("lexical (MiniLM cosine + word overlap)", "lexical"))
+            continue
+        for backend in [b for b in args.backends.split(",") if b] or [""]:
+            verifier = (CrossEncoderVerifier(verifier_location(), backend=backend) if backend
+                        else get_verifier())
+            runs.append((f"cross-encoder {verifier.name} ({verifier.backend})", verifier))
+    for label, verifier in runs:
 
         def check(answer: list[ClaimPair], verifier: Any = verifier) -> None:
             claims = [ParsedClaim(p.claim, [n]) for n, p in enumerate(answer, start=1)]

@@ -359,6 +359,12 @@ VERIFIER_ENGINE = env_choice(
     "lexical (embedding + word overlap, never says contradicted), judge (the served judge "
     "model, for GPU servers); auto = cross-encoder when VERIFIER_MODEL is set or a verifier "
     "was trained (manage.py train_verifier), else lexical.")
+VERIFIER_BACKEND = env_choice(
+    "VERIFIER_BACKEND", "auto", ["auto", "openvino", "torch-int8", "torch"],
+    help="What runs the claim-check cross-encoder: auto (openvino where it is installed, else "
+    "torch-int8), openvino (converted in memory at load, bfloat16 where the CPU has it), "
+    "torch-int8 (int8 dynamic quantisation) or torch (float32). Falls back to torch-int8, with "
+    "a warning, when OpenVINO is unavailable.")
 VERIFIER_MODEL = env_str(
     "VERIFIER_MODEL", "",
     help="Cross-encoder for the claim check: a folder (VAR_DIR/verifiers/<version> or any "

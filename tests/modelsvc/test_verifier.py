@@ -401,3 +401,38 @@ def test_a_combiner_in_the_data_card_decides_with_the_claim_checks(
     assert kept.verdict == SUPPORTED
     # Without the combiner the same cross-encoder is not asked about reversals at all.
     assert CrossEncoderVerifier(tiny_verifier).combiner is None
+
+
+def test_each_backend_gives_the_float32_probabilities(tiny_verifier: Path) -> None:
+    """openvino (bfloat16 where the CPU has it) and torch-int8 run the same cross-encoder:
+    their probabilities stay near float32's and every verdict is the same."""
+    pytest.importorskip("openvino", reason="openvino (requirements.txt) is not installed")
+    pairs = [(pair.claim, pair.passage) for pair in _negation_pairs()]
+    float32 = CrossEncoderVerifier(tiny_verifier, backend="torch")
+    assert float32.backend == "torch"
+    reference = float32.measure(pairs, reversed_claims=False)
+    for backend, tolerance in (("openvino", 0.02), ("torch-int8", 0.05)):
+        verifier = CrossEncoderVerifier(tiny_verifier, backend=backend)
+        assert verifier.backend == backend
+        measured = verifier.measure(pairs, reversed_claims=False)
+        for got, want in zip(measured, reference, strict=True):
+            assert got.probabilities.keys() == want.probabilities.keys()
+            assert max(abs(got.probabilities[label] - want.probabilities[label])
+                       for label in want.probabilities) <= tolerance, (backend, got, want)
+        assert [v.verdict for v in verifier.judge(pairs)] == \
+            [v.verdict for v in float32.judge(pairs)]
+
+
+def test_openvino_missing_falls_back_to_torch_int8_with_a_warning(
+        tiny_verifier: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with caplog.at_level(logging.WARNING, logger="modelsvc.verifier"):
+        verifier = CrossEncoderVerifier(tiny_verifier, backend="openvino")
+    assert verifier.backend == "torch-int8" and verifier.openvino is None
+    assert any("VERIFIER_BACKEND=openvino is unavailable" in r.getMessage()
+               for r in caplog.records)
+    assert len(verifier.judge([(NEGATION_PASSAGES[0], NEGATION_PASSAGES[0])])) == 1
