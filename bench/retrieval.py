@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/retrieval.py [--ingest-sample 200] [--queries 100]
                                         [--synthetic 1000000] [--skip-synthetic] [--hnsw]
+                                        [--nprobe 32,64,128] [--kinds ivf-pq,flat-ip]
 
 1. Ingest throughput on a sample of PubMedQA abstracts, in a throwaway VAR_DIR: articles/s,
    the share of time in SentenceTransformer.encode, and the pipeline's overhead over a bare
@@ -303,7 +304,8 @@ def clustered_vectors(rng: np.random.Generator, centres: np.ndarray, count: int)
 
 
 def bench_synthetic(count: int, with_hnsw: bool, data: Path, dimension: int = 384,
-                    queries: int = 200) -> None:
+                    queries: int = 200, nprobes: list[int] | None = None,
+                    kinds: list[str] | None = None) -> None:
     """IVF-PQ (and flat, HNSW) at `count` vectors through the query path's own dense_search.
 
     Queries are not copies of indexed vectors: each starts from a held-out vector (drawn from
@@ -313,7 +315,7 @@ def bench_synthetic(count: int, with_hnsw: bool, data: Path, dimension: int = 38
 
     setup_django()
     from retrieval.index_build import make_dense_index
-    from retrieval.index_store import IVF_NPROBE, LoadedIndex
+    from retrieval.index_store import LoadedIndex, ivf_nprobe
     from retrieval.search import dense_search
 
     gaps = real_question_gap(data, 200)
@@ -355,14 +357,12 @@ def bench_synthetic(count: int, with_hnsw: bool, data: Path, dimension: int = 38
     np.save(work / "vectors.f16.npy", vectors.astype(np.float16))
     rescoring = np.load(work / "vectors.f16.npy", mmap_mode="r")
     rescoring_mib = (work / "vectors.f16.npy").stat().st_size / 2**20
-    kinds = ["ivf-pq", "flat-ip"] + (["hnsw"] if with_hnsw else [])
+    kinds = (kinds or ["ivf-pq", "flat-ip"]) + (["hnsw"] if with_hnsw else [])
     for kind in kinds:
         rss_before = rss_mb()
         started = time.perf_counter()
         index, params = make_dense_index(vectors, kind)
         build = time.perf_counter() - started
-        if kind == "ivf-pq":
-            faiss.extract_index_ivf(index).nprobe = IVF_NPROBE
         if kind == "hnsw":
             index.hnsw.efSearch = params["efSearch"]
         faiss.write_index(index, str(work / f"{kind}.faiss"))
@@ -372,18 +372,28 @@ def bench_synthetic(count: int, with_hnsw: bool, data: Path, dimension: int = 38
             on_gpu=False, chunk_ids=np.arange(count), article_ids=np.arange(count),
             years=np.zeros(count, np.int16), retracted=np.zeros(count, bool),
             pubtype_positions={}, bm25=None, vectors=rescoring)
-        dense_search(loaded, probes[0], 100, None)
-        latencies, recalls = [], []
-        for probe, expected in zip(probes, truth, strict=True):
-            started = time.perf_counter()
-            positions, _scores = dense_search(loaded, probe, 100, None)
-            latencies.append((time.perf_counter() - started) * 1000)
-            recalls.append(len(set(positions[:10].tolist()) & set(expected.tolist())) / 10)
+        # IVF-PQ: the product's nprobe (ivf_nprobe of its nlist) and any others asked for, on
+        # the same index and probes: the curve of recall against latency.
+        shipped = ivf_nprobe(params["nlist"]) if kind == "ivf-pq" else None
+        probe_counts = sorted({shipped, *(nprobes or [])}) if shipped else [None]
+        for nprobe in probe_counts:
+            if nprobe:
+                faiss.extract_index_ivf(index).nprobe = nprobe
+            dense_search(loaded, probes[0], 100, None)
+            latencies, recalls = [], []
+            for probe, expected in zip(probes, truth, strict=True):
+                started = time.perf_counter()
+                positions, _scores = dense_search(loaded, probe, 100, None)
+                latencies.append((time.perf_counter() - started) * 1000)
+                recalls.append(len(set(positions[:10].tolist()) & set(expected.tolist())) / 10)
+            label = kind + (f" nprobe {nprobe}" + (" (shipped)" if nprobe == shipped else "")
+                            if nprobe else "")
+            print(f"   {label:<28} build {build:6.0f}s  dense_search(k=100) "
+                  f"{percentiles(latencies)}  Recall@10 vs exact {np.mean(recalls):.3f}",
+                  flush=True)
         if kind == "ivf-pq":
             params["refine"] = "4x candidates re-scored exactly from the fp16 vectors"
         rescored = kind == "ivf-pq"
-        print(f"   {kind:<8} build {build:6.0f}s  dense_search(k=100) {percentiles(latencies)}  "
-              f"Recall@10 vs exact {np.mean(recalls):.3f}")
         # The file is the index's own serialisation: its size is what the index holds in
         # memory (serialize_index would copy a 7 GiB flat index once more to say so).
         print(f"            index {disk:,.0f} MiB in memory and on disk" + (
@@ -412,6 +422,10 @@ def main() -> None:
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--hnsw", action="store_true")
     parser.add_argument("--only-synthetic", action="store_true")
+    parser.add_argument("--nprobe", default="", help="IVF-PQ nprobe values to measure beside "
+                        "the shipped one, comma-separated (e.g. 32,64,128).")
+    parser.add_argument("--kinds", default="ivf-pq,flat-ip", help="Synthetic index types, "
+                        "comma-separated (flat-ip at 5M holds 7 GiB and scans it per query).")
     args = parser.parse_args()
     if args.phase == "ingest":
         ingest_phase(args.ingest_sample, args.data)
@@ -419,14 +433,16 @@ def main() -> None:
     if args.phase == "prepare-shipped":
         prepare_shipped_phase(args.data, args.medline, cosine=0.5)
         return
+    nprobes = [int(value) for value in args.nprobe.split(",") if value]
+    kinds = [kind for kind in args.kinds.split(",") if kind]
     if args.only_synthetic:
-        bench_synthetic(args.synthetic, args.hnsw, args.data)
+        bench_synthetic(args.synthetic, args.hnsw, args.data, nprobes=nprobes, kinds=kinds)
         return
     if not args.skip_ingest:
         bench_ingest(args.ingest_sample, args.data)
     bench_queries(args.queries, args.data)
     if not args.skip_synthetic:
-        bench_synthetic(args.synthetic, args.hnsw, args.data)
+        bench_synthetic(args.synthetic, args.hnsw, args.data, nprobes=nprobes, kinds=kinds)
 
 
 if __name__ == "__main__":

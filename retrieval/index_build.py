@@ -70,7 +70,7 @@ def make_dense_index(vectors: np.ndarray, index_type: str) -> tuple[Any, dict[st
                                                            replace=False)]
         index.train(sample)
         params = {"nlist": nlist, "m": subquantizers, "nbits": 8,
-                  "nprobe": index_store.IVF_NPROBE}
+                  "nprobe": index_store.ivf_nprobe(nlist)}
     else:
         raise ValueError(f"Unknown index type {index_type!r}; use one of {', '.join(INDEX_TYPES)}.")
     if count:

@@ -267,3 +267,20 @@ def test_an_index_built_before_the_article_level_bm25_still_serves(corpus: Path)
         result = search("thrombectomy after ischemic stroke", k=2, mode=mode)
         assert result.hits[0].pmid == "1002"
     assert index_store.get_index().article_bm25 is None
+
+
+def test_ivf_probes_the_same_share_of_lists_as_the_collection_grows() -> None:
+    from retrieval.index_build import make_dense_index
+    from retrieval.index_store import ivf_nprobe
+
+    # 32 of 4,000 lists (1M vectors: Recall@10 0.948); more lists, as many more probes
+    assert ivf_nprobe(4000) == 32
+    assert ivf_nprobe(8944) == 72  # 5M vectors
+    assert ivf_nprobe(30984) == 248  # 60M vectors, all of PubMed's chunks
+    assert ivf_nprobe(1000) == 32 and ivf_nprobe(16) == 16  # never more than there are
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((20000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    _dense, params = make_dense_index(vectors, "ivf-pq")
+    assert params["nprobe"] == ivf_nprobe(params["nlist"]) == 32
