@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/retrieval.py [--ingest-sample 200] [--queries 100]
                                         [--synthetic 1000000] [--skip-synthetic] [--hnsw]
-                                        [--nprobe 32,64,128] [--kinds ivf-pq,flat-ip]
+                                        [--nprobe 32,64,128] [--refine 8,16]
+                                        [--kinds ivf-pq,flat-ip]
 
 1. Ingest throughput on a sample of PubMedQA abstracts, in a throwaway VAR_DIR: articles/s,
    the share of time in SentenceTransformer.encode, and the pipeline's overhead over a bare
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -305,7 +307,7 @@ def clustered_vectors(rng: np.random.Generator, centres: np.ndarray, count: int)
 
 def bench_synthetic(count: int, with_hnsw: bool, data: Path, dimension: int = 384,
                     queries: int = 200, nprobes: list[int] | None = None,
-                    kinds: list[str] | None = None) -> None:
+                    kinds: list[str] | None = None, refines: list[int] | None = None) -> None:
     """IVF-PQ (and flat, HNSW) at `count` vectors through the query path's own dense_search.
 
     Queries are not copies of indexed vectors: each starts from a held-out vector (drawn from
@@ -314,6 +316,7 @@ def bench_synthetic(count: int, with_hnsw: bool, data: Path, dimension: int = 38
     import faiss
 
     setup_django()
+    from retrieval import search
     from retrieval.index_build import make_dense_index
     from retrieval.index_store import LoadedIndex, ivf_nprobe
     from retrieval.search import dense_search
@@ -376,9 +379,13 @@ def bench_synthetic(count: int, with_hnsw: bool, data: Path, dimension: int = 38
         # the same index and probes: the curve of recall against latency.
         shipped = ivf_nprobe(params["nlist"]) if kind == "ivf-pq" else None
         probe_counts = sorted({shipped, *(nprobes or [])}) if shipped else [None]
-        for nprobe in probe_counts:
+        refine_shipped = search.PQ_REFINE_FACTOR
+        refine_factors = (sorted({refine_shipped, *(refines or [])}) if kind == "ivf-pq"
+                          else [refine_shipped])
+        for nprobe, refine in itertools.product(probe_counts, refine_factors):
             if nprobe:
                 faiss.extract_index_ivf(index).nprobe = nprobe
+            search.PQ_REFINE_FACTOR = refine
             dense_search(loaded, probes[0], 100, None)
             latencies, recalls = [], []
             for probe, expected in zip(probes, truth, strict=True):
@@ -386,11 +393,13 @@ def bench_synthetic(count: int, with_hnsw: bool, data: Path, dimension: int = 38
                 positions, _scores = dense_search(loaded, probe, 100, None)
                 latencies.append((time.perf_counter() - started) * 1000)
                 recalls.append(len(set(positions[:10].tolist()) & set(expected.tolist())) / 10)
-            label = kind + (f" nprobe {nprobe}" + (" (shipped)" if nprobe == shipped else "")
-                            if nprobe else "")
-            print(f"   {label:<28} build {build:6.0f}s  dense_search(k=100) "
+            label = kind + (f" nprobe {nprobe} refine {refine}x" + (
+                " (shipped)" if (nprobe, refine) == (shipped, refine_shipped) else "")
+                if nprobe else "")
+            print(f"   {label:<36} build {build:6.0f}s  dense_search(k=100) "
                   f"{percentiles(latencies)}  Recall@10 vs exact {np.mean(recalls):.3f}",
                   flush=True)
+        search.PQ_REFINE_FACTOR = refine_shipped
         if kind == "ivf-pq":
             params["refine"] = "4x candidates re-scored exactly from the fp16 vectors"
         rescored = kind == "ivf-pq"
@@ -424,6 +433,9 @@ def main() -> None:
     parser.add_argument("--only-synthetic", action="store_true")
     parser.add_argument("--nprobe", default="", help="IVF-PQ nprobe values to measure beside "
                         "the shipped one, comma-separated (e.g. 32,64,128).")
+    parser.add_argument("--refine", default="", help="IVF-PQ rescoring factors (candidates "
+                        "re-scored exactly, per result) to measure beside the shipped one, "
+                        "comma-separated (e.g. 8,16).")
     parser.add_argument("--kinds", default="ivf-pq,flat-ip", help="Synthetic index types, "
                         "comma-separated (flat-ip at 5M holds 7 GiB and scans it per query).")
     args = parser.parse_args()
@@ -434,15 +446,18 @@ def main() -> None:
         prepare_shipped_phase(args.data, args.medline, cosine=0.5)
         return
     nprobes = [int(value) for value in args.nprobe.split(",") if value]
+    refines = [int(value) for value in args.refine.split(",") if value]
     kinds = [kind for kind in args.kinds.split(",") if kind]
     if args.only_synthetic:
-        bench_synthetic(args.synthetic, args.hnsw, args.data, nprobes=nprobes, kinds=kinds)
+        bench_synthetic(args.synthetic, args.hnsw, args.data, nprobes=nprobes, kinds=kinds,
+                        refines=refines)
         return
     if not args.skip_ingest:
         bench_ingest(args.ingest_sample, args.data)
     bench_queries(args.queries, args.data)
     if not args.skip_synthetic:
-        bench_synthetic(args.synthetic, args.hnsw, args.data, nprobes=nprobes, kinds=kinds)
+        bench_synthetic(args.synthetic, args.hnsw, args.data, nprobes=nprobes, kinds=kinds,
+                        refines=refines)
 
 
 if __name__ == "__main__":
