@@ -214,17 +214,23 @@ def export_openvino(model: SentenceTransformer, location: str) -> Path:
     return _export_once(OPENVINO_BACKEND, location, OPENVINO_FILE, write)
 
 
+def openvino_cpu_request(model: Any) -> tuple[Any, str]:
+    """An infer request for an OpenVINO model (or IR file) on the CPU, latency-tuned, in
+    bfloat16 where the CPU has it, and that precision ("bf16" or "f32")."""
+    import openvino
+
+    precision = "bf16" if cpu_has_bf16() else "f32"
+    compiled = openvino.Core().compile_model(model, "CPU", {
+        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"})
+    return compiled.create_infer_request(), precision
+
+
 class OpenVINOSession:
     """An OpenVINO compiled model behind onnxruntime's `run(None, feeds)` call (one infer
     request: callers hold _encode_lock). bfloat16 arithmetic where the CPU has it."""
 
     def __init__(self, path: Path) -> None:
-        import openvino
-
-        self.precision = "bf16" if cpu_has_bf16() else "f32"
-        compiled = openvino.Core().compile_model(str(path), "CPU", {
-            "INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"})
-        self._request = compiled.create_infer_request()
+        self._request, self.precision = openvino_cpu_request(str(path))
 
     def run(self, _outputs: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [self._request.infer(feeds)[0]]
