@@ -381,13 +381,17 @@ EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "",
                           help="sentence-transformers model (hub id or path); unset = the "
                           "packaged all-MiniLM-L6-v2.")
 EMBEDDING_BACKEND = env_choice(
-    "EMBEDDING_BACKEND", "auto", ["auto", "torch", "torch-bf16", "openvino", "onnx", "onnx-int8"],
-    help="What runs the embedding model: auto (openvino where it is installed, else torch-bf16 "
-    "where the CPU has bfloat16 arithmetic, else onnx), torch (sentence-transformers), "
-    "torch-bf16 (bfloat16, on CPUs with AVX512_BF16 or AMX, else fp32 torch: about 1.7x torch, "
-    "cosine >= 0.998), openvino (OpenVINO, bfloat16 where the CPU has it: about 3x torch, "
-    "cosine 0.99998), onnx (onnxruntime, same vectors as torch) or onnx-int8 (dynamic int8 "
-    "quantization: cosine 0.994 to torch); OpenVINO and ONNX files are exported once into "
+    "EMBEDDING_BACKEND", "auto",
+    ["auto", "torch", "torch-bf16", "openvino", "openvino-int8", "onnx", "onnx-int8"],
+    help="What runs the embedding model: auto (openvino-int8 where OpenVINO and NNCF are "
+    "installed, else openvino, else torch-bf16 where the CPU has bfloat16 arithmetic, else "
+    "onnx), torch (sentence-transformers), torch-bf16 (bfloat16, on CPUs with AVX512_BF16 or "
+    "AMX, else fp32 torch: about 1.7x torch, cosine >= 0.998), openvino (OpenVINO, bfloat16 "
+    "where the CPU has it: about 3x torch, cosine 0.99998), openvino-int8 (OpenVINO with NNCF "
+    "static int8 quantization, calibrated once on the first 256 texts of the first call that "
+    "embeds at least that many, float until then: about 1.2x openvino, cosine 0.999), onnx "
+    "(onnxruntime, same vectors as torch) or onnx-int8 (dynamic int8 quantization: cosine "
+    "0.994 to torch); OpenVINO and ONNX files are exported once into "
     "MODEL_CACHE_DIR/embedding-<backend>/. Falls back to torch, with a warning, when the export "
     "or the runtime is unavailable.")
 EMBEDDING_DEVICE = env_choice(

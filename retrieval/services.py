@@ -12,15 +12,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from jobs.queueing import enqueue_after_commit
-from retrieval import tasks
+from retrieval import embedding, tasks
 from retrieval.article_store import OLDER_THAN_DELETION, OLDER_THAN_STORED, Drop, apply_batch
 from retrieval.claims import ClaimLost, FileClaim, claim_file, claimable_files
 from retrieval.file_order import UNORDERED, blocking_file, file_sequence, wait_reason
@@ -34,7 +36,7 @@ from retrieval.parsers import (
     detect_format,
     read_records,
 )
-from retrieval.vectors import drafts_text, ensure_embeddings
+from retrieval.vectors import drafts_text, missing_embeddings, store_embeddings
 
 __all__ = ["IngestError", "Selection", "drafts_text", "finish_run", "ingest_file_by_id",
            "ingest_paths", "release_waiting_files"]
@@ -42,6 +44,9 @@ __all__ = ["IngestError", "Selection", "drafts_text", "finish_run", "ingest_file
 logger = logging.getLogger(__name__)
 
 ARTICLE_BATCH = 256
+# One thread per process embeds a batch while the next one is read, chunked and stored, so
+# the encoder does not wait on the database (and the database not on the encoder).
+_embedding_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-embed")
 
 ProgressCallback = Callable[[IngestFile], None]
 
@@ -240,6 +245,7 @@ class _FileState:
     pending: list[ParsedArticle] = field(default_factory=list)
     drops: list[Drop] = field(default_factory=list)
     progress: ProgressCallback | None = None
+    embedding: tuple[list[str], Future[np.ndarray]] | None = None  # hashes, vectors to come
 
 
 COUNT_FIELDS = ("articles_read", "created", "updated", "unchanged", "deleted", "skipped",
@@ -365,6 +371,7 @@ def _ingest_claimed(ingest_file: IngestFile, claim: FileClaim,
             if len(state.pending) + len(state.drops) >= ARTICLE_BATCH:
                 _flush(state)
         _flush(state)
+        _collect_embeddings(state)
         if selection is not None:
             # Even a slice that skipped nothing stopped early or filtered: mark it partial.
             state.report.issues.setdefault(PARTIAL_INGEST, 0)
@@ -375,10 +382,13 @@ def _ingest_claimed(ingest_file: IngestFile, claim: FileClaim,
             ingest_file.error = (f"No records could be read from {path.name}; check that it is "
                                  f"a {ingest_file.format} file (or pass --format).")
     except ClaimLost:
+        _abandon_embeddings(state)
         raise
     except UnsupportedInput as error:
+        _abandon_embeddings(state)
         ingest_file.status, ingest_file.error = IngestFile.Status.FAILED, str(error)
     except Exception as error:
+        _abandon_embeddings(state)
         logger.exception("ingest of %s failed", path.name)
         ingest_file.status = IngestFile.Status.FAILED
         ingest_file.error = f"{type(error).__name__}: {error}"
@@ -438,8 +448,33 @@ def _apply(state: _FileState, records: list[ParsedArticle], drops: list[Drop]) -
             _skip(state, reason, count)
         else:
             state.report.issues[reason] += count
-    # Embedded after the batch's transaction, so no lock is held while the encoder runs.
-    ingest_file.chunks_embedded += ensure_embeddings(result.texts)
+    # Embedded after the batch's transaction, so no lock is held while the encoder runs, and
+    # in the background: the next batch is read and stored meanwhile.
+    _collect_embeddings(state)
+    missing = missing_embeddings(result.texts)
+    if missing:
+        state.embedding = (list(missing), _embedding_thread.submit(
+            embedding.embed_texts, list(missing.values())))
+
+
+def _collect_embeddings(state: _FileState) -> None:
+    """Wait for the batch being embedded, if any, and store its vectors."""
+    pending, state.embedding = state.embedding, None
+    if pending is not None:
+        hashes, vectors = pending
+        store_embeddings(hashes, vectors.result())
+        state.ingest_file.chunks_embedded += len(hashes)
+
+
+def _abandon_embeddings(state: _FileState) -> None:
+    """The file stops on an error: let the batch being embedded finish, unstored (the
+    run's index build embeds any chunk left without a vector)."""
+    pending, state.embedding = state.embedding, None
+    if pending is not None:
+        try:
+            pending[1].result()
+        except Exception:  # the file's own error is the one reported
+            logger.debug("embedding abandoned with the file", exc_info=True)
 
 
 def _save_progress(state: _FileState) -> None:

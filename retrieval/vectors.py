@@ -17,8 +17,16 @@ def drafts_text(title: str, text: str) -> str:
 
 def ensure_embeddings(texts_by_hash: dict[str, str]) -> int:
     """Embed the texts whose hash has no stored vector for the current model; returns count."""
+    missing = missing_embeddings(texts_by_hash)
+    if missing:
+        store_embeddings(list(missing), embedding.embed_texts(list(missing.values())))
+    return len(missing)
+
+
+def missing_embeddings(texts_by_hash: dict[str, str]) -> dict[str, str]:
+    """The texts (by content hash) with no stored vector for the current model."""
     if not texts_by_hash:
-        return 0
+        return {}
     model_name = embedding.embedding_model_name()
     hashes = list(texts_by_hash)
     known: set[str] = set()
@@ -26,13 +34,14 @@ def ensure_embeddings(texts_by_hash: dict[str, str]) -> int:
         known.update(ChunkEmbedding.objects.filter(
             model_name=model_name, content_hash__in=hashes[start:start + EMBED_LOOKUP_BATCH],
         ).values_list("content_hash", flat=True))
-    missing = [h for h in hashes if h not in known]
-    if not missing:
-        return 0
-    vectors = embedding.embed_texts([texts_by_hash[h] for h in missing])
+    return {h: texts_by_hash[h] for h in hashes if h not in known}
+
+
+def store_embeddings(hashes: list[str], vectors: np.ndarray) -> None:
+    """Store one vector per content hash for the current model (an existing one is kept)."""
+    model_name = embedding.embedding_model_name()
     ChunkEmbedding.objects.bulk_create(
         [ChunkEmbedding(model_name=model_name, content_hash=h, dimension=vectors.shape[1],
                         vector=np.asarray(vector, dtype="<f4").tobytes())
-         for h, vector in zip(missing, vectors, strict=True)],
+         for h, vector in zip(hashes, vectors, strict=True)],
         ignore_conflicts=True, batch_size=500)
-    return len(missing)

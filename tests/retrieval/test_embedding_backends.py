@@ -3,6 +3,7 @@ fallback."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -171,10 +172,93 @@ def test_openvino_missing_falls_back_to_torch_with_a_warning(
     assert embedding.embed_texts(SENTENCES[:2]).shape == (2, embedding.embedding_dimension())
 
 
-def test_auto_is_openvino_where_installed_else_bf16_where_the_cpu_has_it_else_onnx(
+def test_openvino_int8_is_float_until_a_large_call_calibrates_it_once(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino", reason="openvino (requirements.txt) is not installed")
+    nncf = pytest.importorskip("nncf", reason="nncf (requirements.txt) is not installed")
+    monkeypatch.setattr(embedding, "CALIBRATION_TEXTS", 40)
+    texts = [f"{sentence} ({n})" * (1 + n % 3) for n in range(20) for sentence in SENTENCES]
+    fresh.EMBEDDING_BACKEND = "torch"
+    reference = embedding.embed_texts(texts)
+
+    fresh.EMBEDDING_BACKEND = "openvino-int8"
+    assert embedding.backend_in_use() == "openvino-int8"
+    folder = Path(fresh.MODEL_CACHE_DIR) / "embedding-openvino-int8"
+    # a query-sized call runs the float model and calibrates nothing
+    few = embedding.embed_texts(texts[:4])
+    assert not folder.exists() and not embedding._session.quantized
+    assert (few * reference[:4]).sum(axis=1).min() >= 0.999
+
+    vectors = embedding.embed_texts(texts)  # >= 40 texts: calibrated on the first 40
+    assert embedding._session.quantized
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "calibration.json", "model.bin", "model.xml", "source.json"]
+    calibration = json.loads((folder / "calibration.json").read_text())
+    assert calibration["texts"] == 40
+    assert len(calibration["float_matmuls"]) == 6  # one GELU-fed MatMul per layer
+    assert all("output.dense" in name for name in calibration["float_matmuls"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = (vectors * reference).sum(axis=1)
+    assert cosines.min() >= 0.98, cosines
+    assert (vectors @ reference.T).argmax(axis=1).tolist() == list(range(len(texts)))
+
+    # a new process loads the int8 model at once: quantizing again would fail here
+    def no_quantization(*args: object, **kwargs: object) -> None:
+        raise AssertionError("quantized twice")
+
+    monkeypatch.setattr(nncf, "quantize", no_quantization)
+    monkeypatch.setattr(embedding, "_embedder", None)
+    assert embedding.backend_in_use() == "openvino-int8"
+    assert embedding._session.quantized
+    np.testing.assert_allclose(embedding.embed_texts(texts), vectors, atol=1e-5)
+
+
+def test_openvino_int8_that_cannot_calibrate_stays_float_with_a_warning(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino (requirements.txt) is not installed")
+    pytest.importorskip("nncf", reason="nncf (requirements.txt) is not installed")
+    fresh.MODEL_CACHE_DIR = tmp_path  # no int8 export from another test
+    monkeypatch.setattr(embedding, "CALIBRATION_TEXTS", 4)
+    attempts = []
+
+    def broken(*args: object) -> None:
+        attempts.append(1)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(embedding, "export_openvino_int8", broken)
+    fresh.EMBEDDING_BACKEND = "openvino-int8"
+    with caplog.at_level(logging.WARNING, logger="retrieval.embedding"):
+        first = embedding.embed_texts(SENTENCES)
+        second = embedding.embed_texts(SENTENCES)
+    assert attempts == [1]  # not retried on every call
+    assert any("calibration failed (RuntimeError: out of memory)" in r.getMessage()
+               for r in caplog.records)
+    assert not embedding._session.quantized
+    np.testing.assert_allclose(first, second, atol=1e-6)
+
+    fresh.EMBEDDING_BACKEND = "openvino"
+    np.testing.assert_allclose(embedding.embed_texts(SENTENCES), first, atol=1e-6)
+
+
+def test_openvino_int8_without_nncf_is_float_openvino_with_a_warning(
+        fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("openvino", reason="openvino (requirements.txt) is not installed")
+    monkeypatch.setattr(embedding, "nncf_installed", lambda: False)
+    fresh.EMBEDDING_BACKEND = "openvino-int8"
+    with caplog.at_level(logging.WARNING, logger="retrieval.embedding"):
+        assert embedding.backend_in_use() == "openvino"
+    assert any("needs NNCF" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_is_openvino_int8_then_openvino_where_installed_else_bf16_else_onnx(
         fresh: SettingsWrapper, monkeypatch: pytest.MonkeyPatch) -> None:
     fresh.EMBEDDING_BACKEND = "auto"
     monkeypatch.setattr(embedding, "openvino_installed", lambda: True)
+    monkeypatch.setattr(embedding, "nncf_installed", lambda: True)
+    assert embedding.resolved_backend() == "openvino-int8"
+    monkeypatch.setattr(embedding, "nncf_installed", lambda: False)
     assert embedding.resolved_backend() == "openvino"
     monkeypatch.setattr(embedding, "openvino_installed", lambda: False)
     monkeypatch.setattr(embedding, "cpu_has_bf16", lambda: True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import threading
 from pathlib import Path
 
 import pytest
 
-from retrieval import index_store
+from retrieval import embedding, index_store, services
 from retrieval.index_store import current_status, get_index
 from retrieval.models import Article, Chunk, ChunkEmbedding, IngestFile, IngestRun
 from retrieval.search import search
@@ -55,6 +56,52 @@ def test_it_stores_articles_chunks_and_a_report_per_file(baseline: Path) -> None
     assert status["loaded"] and (status["articles"], status["chunks"]) == (4, 4)
     assert status["index_type"] == "flat-ip"
     assert status["version"] == run.index_version
+
+
+def test_batches_are_embedded_in_the_background_and_none_is_missed(
+        baseline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services, "ARTICLE_BATCH", 1)  # one article per batch: 4 handovers
+    threads = []
+    real = embedding.embed_texts
+
+    def watched(texts: list[str]) -> object:
+        threads.append(threading.current_thread().name)
+        return real(texts)
+
+    monkeypatch.setattr(embedding, "embed_texts", watched)
+    run = ingest_paths([baseline])
+
+    [report] = run.files.all()
+    assert report.status == IngestFile.Status.DONE
+    assert len(threads) == 4 and all(name.startswith("ingest-embed") for name in threads)
+    assert ChunkEmbedding.objects.count() == Chunk.objects.count() == report.chunks_embedded == 4
+    assert search("thrombectomy after ischemic stroke", k=1).hits[0].pmid == "1002"
+
+
+def test_an_embedding_failure_fails_the_file_and_the_index_build_embeds_what_is_missing(
+        baseline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(services, "ARTICLE_BATCH", 1)
+    calls = []
+    real = embedding.embed_texts
+
+    def fails_once(texts: list[str]) -> object:
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise RuntimeError("encoder crashed")
+        return real(texts)
+
+    monkeypatch.setattr(embedding, "embed_texts", fails_once)
+    run = ingest_paths([baseline])
+
+    [report] = run.files.all()
+    assert report.status == IngestFile.Status.FAILED
+    assert report.error == "RuntimeError: encoder crashed"
+    # the articles stored before the failure are kept, and the run's index build embedded
+    # the chunks their batches left without a vector
+    assert Article.objects.count() == report.created >= 2
+    assert ChunkEmbedding.objects.count() == Chunk.objects.count() == report.created
+    assert run.status == IngestRun.Status.COMPLETE
+    assert get_index().size == Chunk.objects.count()
 
 
 def test_running_the_same_ingest_again_changes_nothing(baseline: Path) -> None:
