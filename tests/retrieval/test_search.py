@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
+import retrieval.search as search_module
 from retrieval.models import Article, RetrievalEvalRun
 from retrieval.search import RetrievalError, SearchFilters, search
 from retrieval.services import ingest_paths
@@ -71,6 +72,17 @@ def test_a_retraction_recorded_after_the_build_is_honoured_at_once(corpus: Path)
     Article.objects.filter(pmid="1002").update(retracted=True)
     hits = search("thrombectomy after ischemic stroke", k=4).hits
     assert "1002" not in [hit.pmid for hit in hits]
+
+
+def test_hits_the_database_drops_are_replaced_from_further_down_the_ranking(
+        corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search_module, "FETCH_SLACK", 0)  # the first read gives k rows only
+    question = "thrombectomy after ischemic stroke"
+    first = search(question, k=1).hits[0]
+    Article.objects.filter(pmid=first.pmid).update(retracted=True)
+    hits = search(question, k=1).hits
+    assert len(hits) == 1 and hits[0].pmid != first.pmid
+    assert hits[0].pmid == search(question, k=2).hits[0].pmid  # the next in the ranking
 
 
 def test_year_and_publication_type_filters(corpus: Path) -> None:
