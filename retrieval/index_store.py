@@ -41,7 +41,10 @@ IVF_PROBED_SHARE = IVF_NPROBE / 4000  # kept as nlist grows with the collection
 def ivf_nprobe(nlist: int) -> int:
     """Lists an IVF index probes per query: the share that gave 0.948 Recall@10 at 1M vectors
     (32 of 4,000), at least 32; nlist grows as 4 x sqrt(vectors), so a fixed 32 would probe
-    ever less (bench/retrieval.py --synthetic 5000000 --nprobe ...)."""
+    ever less (bench/retrieval.py --synthetic 5000000 --nprobe ...). DENSE_IVF_NPROBE, when
+    set, is taken instead (still at most nlist)."""
+    if settings.DENSE_IVF_NPROBE:
+        return min(nlist, int(settings.DENSE_IVF_NPROBE))
     return min(nlist, max(IVF_NPROBE, math.ceil(nlist * IVF_PROBED_SHARE)))
 
 

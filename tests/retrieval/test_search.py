@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
+from pytest_django.fixtures import Settings as SettingsWrapper
 
 import retrieval.search as search_module
 from retrieval.models import Article, RetrievalEvalRun
@@ -281,7 +282,8 @@ def test_an_index_built_before_the_article_level_bm25_still_serves(corpus: Path)
     assert index_store.get_index().article_bm25 is None
 
 
-def test_ivf_probes_the_same_share_of_lists_as_the_collection_grows() -> None:
+def test_ivf_probes_the_same_share_of_lists_as_the_collection_grows(
+        settings: SettingsWrapper) -> None:
     from retrieval.index_build import make_dense_index
     from retrieval.index_store import ivf_nprobe
 
@@ -296,3 +298,6 @@ def test_ivf_probes_the_same_share_of_lists_as_the_collection_grows() -> None:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     _dense, params = make_dense_index(vectors, "ivf-pq")
     assert params["nprobe"] == ivf_nprobe(params["nlist"]) == 32
+
+    settings.DENSE_IVF_NPROBE = 512  # an operator trading time for recall
+    assert ivf_nprobe(8944) == 512 and ivf_nprobe(100) == 100
