@@ -389,7 +389,7 @@ EMBEDDING_BACKEND = env_choice(
     "AMX, else fp32 torch: about 1.7x torch, cosine >= 0.998), openvino (OpenVINO, bfloat16 "
     "where the CPU has it: about 3x torch, cosine 0.99998), openvino-int8 (OpenVINO with NNCF "
     "static int8 quantization, calibrated once on the first 256 texts of the first call that "
-    "embeds at least that many, float until then: about 1.2x openvino, cosine 0.999), onnx "
+    "embeds at least that many, float until then: about 1.35x openvino, cosine 0.999), onnx "
     "(onnxruntime, same vectors as torch) or onnx-int8 (dynamic int8 quantization: cosine "
     "0.994 to torch); OpenVINO and ONNX files are exported once into "
     "MODEL_CACHE_DIR/embedding-<backend>/. Falls back to torch, with a warning, when the export "
