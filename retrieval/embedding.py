@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -245,6 +245,8 @@ class OpenVINOSession:
     """An OpenVINO compiled model behind onnxruntime's `run(None, feeds)` call (one infer
     request: callers hold _encode_lock). bfloat16 arithmetic where the CPU has it."""
 
+    backend = OPENVINO_BACKEND
+
     def __init__(self, path: Path) -> None:
         self._request, self.precision = openvino_cpu_request(str(path))
 
@@ -284,6 +286,8 @@ def export_openvino_int8(float_path: Path, location: str,
 class OpenVINOInt8Session(OpenVINOSession):
     """openvino-int8: the int8 IR where it was made before; else the float IR until the first
     call with CALIBRATION_TEXTS texts calibrates it (`calibrate`), then int8."""
+
+    backend = OPENVINO_INT8_BACKEND
 
     def __init__(self, float_path: Path, location: str) -> None:
         self.float_path, self.location = float_path, location
@@ -438,9 +442,7 @@ def get_embedder() -> SentenceTransformer:
                     in_use = "torch"
             else:
                 session = _load_session(model, backend, location)
-                in_use = "torch" if session is None else OPENVINO_INT8_BACKEND if \
-                    isinstance(session, OpenVINOInt8Session) else OPENVINO_BACKEND if \
-                    isinstance(session, OpenVINOSession) else backend
+                in_use = "torch" if session is None else getattr(session, "backend", backend)
             logger.info("loaded embedding model %s (%s backend) in %.1fs", name, in_use,
                         time.monotonic() - started)
             _session, _backend_in_use = session, in_use
@@ -471,10 +473,9 @@ def count_tokens(texts: list[str]) -> list[int]:
 
 
 def _batches(encoded: list[list[int]], pad_id: int,
-             size: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+             size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Length-sorted batches: (rows of `encoded`, padded input_ids and attention_mask)."""
     order = np.argsort([-len(ids) for ids in encoded], kind="stable")
-    batches = []
     for start in range(0, len(order), size):
         rows = order[start:start + size]
         width = max(len(encoded[i]) for i in rows)
@@ -483,8 +484,7 @@ def _batches(encoded: list[list[int]], pad_id: int,
         for row, i in enumerate(rows):
             input_ids[row, :len(encoded[i])] = encoded[i]
             mask[row, :len(encoded[i])] = 1
-        batches.append((rows, {"input_ids": input_ids, "attention_mask": mask}))
-    return batches
+        yield rows, {"input_ids": input_ids, "attention_mask": mask}
 
 
 def _encode_session(model: SentenceTransformer, session: Any, texts: list[str]) -> np.ndarray:
